@@ -1,1 +1,15 @@
+//! ctrip: a self-hosted crypto payment gateway on a hardened PostgreSQL.
+//!
+//! Merchants create payments over a JSON API; each payment gets its own deposit address,
+//! derived from one BIP39 seed. See ARCHITECTURE.md for how the modules fit together.
 
+pub mod apikeys;
+pub mod chains;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod logging;
+pub mod payments;
+pub mod secret;
+pub mod serve;
+pub mod wallet;

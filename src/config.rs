@@ -1,0 +1,719 @@
+//! Typed settings from `config.toml`, environment overrides and per-environment rules.
+//!
+//! [`Config::load`] reads the file, rejects unknown keys (naming file, line and key), applies
+//! the `CTRIP_*` environment overrides, resolves relative paths against the file's directory
+//! and enforces what each environment allows. Secrets are not read here: the file only names
+//! where they live, and [`Config::database_password`] and [`Config::mnemonic`] read them on
+//! demand, checking file permissions as they go.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::db::tls::SslMode;
+use crate::secret::Secret;
+use crate::wallet::{Family, Mnemonic};
+
+/// A configuration problem, with the file or variable and the key it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} line {line}: {message}")]
+    Parse { path: PathBuf, line: usize, message: String },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Where the service runs, which decides how strict start-up is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Testing,
+    Production,
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Environment::Development => "development",
+            Environment::Testing => "testing",
+            Environment::Production => "production",
+        })
+    }
+}
+
+/// The whole configuration, after overrides and path resolution.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub environment: Environment,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    pub wallet: WalletConfig,
+    #[serde(default)]
+    pub payments: PaymentsConfig,
+    #[serde(default)]
+    pub chains: Vec<ChainConfig>,
+    /// Directory of the config file; relative paths in it are resolved against this.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// Where the settings came from, for error messages.
+    #[serde(skip)]
+    pub origin: String,
+    #[serde(skip)]
+    env_secrets: EnvSecrets,
+}
+
+/// Secrets given through the environment, kept apart from the file's values.
+#[derive(Debug, Clone, Default)]
+struct EnvSecrets {
+    runtime_password: Option<Secret>,
+    migration_password: Option<Secret>,
+    mnemonic: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port the HTTP API listens on.
+    pub listen: String,
+    /// Worker threads that run request handlers.
+    pub workers: usize,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Time in-flight requests get to finish after SIGTERM, in seconds.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".to_owned(),
+            workers: 16,
+            max_body_bytes: 64 * 1024,
+            shutdown_timeout_s: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    pub level: String,
+    /// Optional file that receives a copy of every log line.
+    pub file: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".to_owned(), file: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub dbname: String,
+    #[serde(default)]
+    pub sslmode: SslMode,
+    #[serde(default = "default_sslrootcert")]
+    pub sslrootcert: PathBuf,
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
+    #[serde(default = "default_application_name")]
+    pub application_name: String,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    #[serde(default = "default_idle_in_transaction_timeout_ms")]
+    pub idle_in_transaction_session_timeout_ms: u64,
+    /// The login that serves requests.
+    pub runtime: DatabaseLogin,
+    /// The login that applies migrations; defaults to the runtime login.
+    pub migration: Option<DatabaseLogin>,
+}
+
+fn default_port() -> u16 {
+    5432
+}
+fn default_sslrootcert() -> PathBuf {
+    PathBuf::from("certs/ca.crt")
+}
+fn default_application_name() -> String {
+    "ctrip".to_owned()
+}
+fn default_connect_timeout_ms() -> u64 {
+    5000
+}
+fn default_statement_timeout_ms() -> u64 {
+    5000
+}
+fn default_idle_in_transaction_timeout_ms() -> u64 {
+    10_000
+}
+
+/// One database identity: user name and where its password comes from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseLogin {
+    pub user: String,
+    pub password_file: Option<PathBuf>,
+    /// Inline password, accepted outside production only.
+    pub password: Option<Secret>,
+    /// Role to `SET ROLE` to after connecting, so objects get a group owner.
+    pub role: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::new)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub max_size: u32,
+    pub min_idle: u32,
+    pub connection_timeout_ms: u64,
+    pub max_lifetime_s: u64,
+    pub idle_timeout_s: u64,
+    /// Run a cheap query on every check-out to catch dead connections.
+    pub test_on_check_out: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_size: 16,
+            min_idle: 2,
+            connection_timeout_ms: 2000,
+            max_lifetime_s: 1800,
+            idle_timeout_s: 600,
+            test_on_check_out: true,
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn connection_timeout(&self) -> Duration {
+        Duration::from_millis(self.connection_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalletConfig {
+    /// File holding the BIP39 phrase; `CTRIP_MNEMONIC` overrides it.
+    pub mnemonic_file: Option<PathBuf>,
+    /// Optional file holding the BIP39 passphrase.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// Lifetime of a payment when the request gives no `expires_in`, in seconds.
+    pub default_expires_in_s: u32,
+    pub min_expires_in_s: u32,
+    pub max_expires_in_s: u32,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        PaymentsConfig {
+            default_expires_in_s: 1800,
+            min_expires_in_s: 60,
+            max_expires_in_s: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// A chain payments can be made on, and the tokens accepted there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainConfig {
+    pub name: String,
+    pub family: Family,
+    /// Symbol of the native coin, such as ETH or SOL.
+    pub symbol: String,
+    pub decimals: u8,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub symbol: String,
+    /// Contract address (EVM) or mint address (Solana).
+    pub address: String,
+    pub decimals: u8,
+}
+
+impl<'de> Deserialize<'de> for Family {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Family::from_str(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Environment variables that override deploy values, and the setting each replaces.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("CTRIP_LISTEN", "server.listen"),
+    ("CTRIP_LOG_FILE", "log.file"),
+    ("CTRIP_DATABASE_HOST", "database.host"),
+    ("CTRIP_DATABASE_PORT", "database.port"),
+    ("CTRIP_DATABASE_NAME", "database.dbname"),
+    ("CTRIP_SSLROOTCERT", "database.sslrootcert"),
+    ("CTRIP_SSLCERT", "database.sslcert"),
+    ("CTRIP_SSLKEY", "database.sslkey"),
+    ("CTRIP_DATABASE_PASSWORD", "database.runtime password"),
+    ("CTRIP_MIGRATION_PASSWORD", "database.migration password"),
+    ("CTRIP_MNEMONIC_FILE", "wallet.mnemonic_file"),
+    ("CTRIP_MNEMONIC", "wallet mnemonic phrase"),
+];
+
+/// A source of environment variables, so tests can pass a map instead of the process's.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Reads the process environment.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+impl Config {
+    /// Loads and validates the file at `path` with the process environment applied.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path, &process_env)
+    }
+
+    /// Parses `text` as if read from `path`, applies overrides from `env` and validates.
+    pub fn from_toml_str(text: &str, path: &Path, env: EnvLookup) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            line: err.span().map(|span| line_of(text, span.start)).unwrap_or(0),
+            message: err.message().replace('\n', " "),
+        })?;
+        config.origin = path.display().to_string();
+        config.base_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        config.apply_env(env)?;
+        config.resolve_paths();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { origin: self.origin.clone(), message: message.into() }
+    }
+
+    fn apply_env(&mut self, env: EnvLookup) -> Result<(), ConfigError> {
+        if let Some(listen) = env("CTRIP_LISTEN") {
+            self.server.listen = listen;
+        }
+        if let Some(file) = env("CTRIP_LOG_FILE") {
+            self.log.file = Some(PathBuf::from(file));
+        }
+        if let Some(host) = env("CTRIP_DATABASE_HOST") {
+            self.database.host = host;
+        }
+        if let Some(port) = env("CTRIP_DATABASE_PORT") {
+            self.database.port = port.parse().map_err(|_| ConfigError::Invalid {
+                origin: "environment".to_owned(),
+                message: format!(
+                    "CTRIP_DATABASE_PORT={port:?} is not a port number: expected 1 to 65535"
+                ),
+            })?;
+        }
+        if let Some(name) = env("CTRIP_DATABASE_NAME") {
+            self.database.dbname = name;
+        }
+        if let Some(path) = env("CTRIP_SSLROOTCERT") {
+            self.database.sslrootcert = PathBuf::from(path);
+        }
+        if let Some(path) = env("CTRIP_SSLCERT") {
+            self.database.sslcert = Some(PathBuf::from(path));
+        }
+        if let Some(path) = env("CTRIP_SSLKEY") {
+            self.database.sslkey = Some(PathBuf::from(path));
+        }
+        if let Some(path) = env("CTRIP_MNEMONIC_FILE") {
+            self.wallet.mnemonic_file = Some(PathBuf::from(path));
+        }
+        self.env_secrets = EnvSecrets {
+            runtime_password: env("CTRIP_DATABASE_PASSWORD").map(Secret::new),
+            migration_password: env("CTRIP_MIGRATION_PASSWORD").map(Secret::new),
+            mnemonic: env("CTRIP_MNEMONIC").map(Secret::new),
+        };
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self) {
+        let base = self.base_dir.clone();
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.database.sslrootcert);
+        self.database.sslcert.iter_mut().for_each(resolve);
+        self.database.sslkey.iter_mut().for_each(resolve);
+        self.database.runtime.password_file.iter_mut().for_each(resolve);
+        if let Some(login) = self.database.migration.as_mut() {
+            login.password_file.iter_mut().for_each(resolve);
+        }
+        self.wallet.mnemonic_file.iter_mut().for_each(resolve);
+        self.wallet.passphrase_file.iter_mut().for_each(resolve);
+        self.log.file.iter_mut().for_each(resolve);
+    }
+}
+
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_database()?;
+        self.validate_pool()?;
+        self.validate_payments()?;
+        self.validate_chains()
+    }
+
+    fn validate_server(&self) -> Result<(), ConfigError> {
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return Err(self.invalid(format!(
+                "server.listen = {:?} is not a socket address: expected IP:port such as \
+                 127.0.0.1:8080",
+                self.server.listen
+            )));
+        }
+        if !(1..=1024).contains(&self.server.workers) {
+            return Err(self.invalid(format!(
+                "server.workers = {} is out of range: expected 1 to 1024",
+                self.server.workers
+            )));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.server.max_body_bytes) {
+            return Err(self.invalid(format!(
+                "server.max_body_bytes = {} is out of range: expected 1024 to 16777216",
+                self.server.max_body_bytes
+            )));
+        }
+        if !LOG_LEVELS.contains(&self.log.level.as_str()) {
+            return Err(self.invalid(format!(
+                "log.level = {:?} is not a level: expected one of {}",
+                self.log.level,
+                LOG_LEVELS.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        let db = &self.database;
+        if db.host.is_empty() || db.dbname.is_empty() || db.runtime.user.is_empty() {
+            return Err(self.invalid("database.host, database.dbname and database.runtime.user \
+                                     must not be empty"));
+        }
+        for (key, value) in [
+            ("connect_timeout_ms", db.connect_timeout_ms),
+            ("statement_timeout_ms", db.statement_timeout_ms),
+            ("idle_in_transaction_session_timeout_ms", db.idle_in_transaction_session_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(self.invalid(format!(
+                    "database.{key} = 0 would disable the limit: set a number of milliseconds"
+                )));
+            }
+        }
+        if db.sslcert.is_some() != db.sslkey.is_some() {
+            return Err(self.invalid(
+                "database.sslcert and database.sslkey go together: set both or neither",
+            ));
+        }
+        match (self.environment, db.sslmode) {
+            (Environment::Production, mode) if mode != SslMode::VerifyFull => {
+                return Err(self.invalid(format!(
+                    "database.sslmode = \"{mode}\" is not allowed in production: set \
+                     sslmode = \"verify-full\" so the server certificate and host name are checked"
+                )));
+            }
+            (Environment::Testing, SslMode::Disable) => {
+                return Err(self.invalid(
+                    "database.sslmode = \"disable\" is allowed only in development: use \
+                     \"verify-full\"",
+                ));
+            }
+            _ => {}
+        }
+        if self.environment == Environment::Production {
+            for (key, login) in self.logins() {
+                if login.password.is_some() {
+                    return Err(self.invalid(format!(
+                        "database.{key}.password is not allowed in production: move it to a \
+                         password_file (mode 0600) or the environment"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_pool(&self) -> Result<(), ConfigError> {
+        let pool = &self.pool;
+        if pool.max_size == 0 || pool.min_idle > pool.max_size {
+            return Err(self.invalid(format!(
+                "pool.max_size = {} and pool.min_idle = {} are inconsistent: max_size must be at \
+                 least 1 and min_idle at most max_size",
+                pool.max_size, pool.min_idle
+            )));
+        }
+        if pool.connection_timeout_ms == 0 {
+            return Err(self.invalid(
+                "pool.connection_timeout_ms = 0 would make every request fail: set milliseconds",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_payments(&self) -> Result<(), ConfigError> {
+        let p = &self.payments;
+        if p.min_expires_in_s == 0
+            || p.min_expires_in_s > p.default_expires_in_s
+            || p.default_expires_in_s > p.max_expires_in_s
+        {
+            return Err(self.invalid(format!(
+                "payments expiry settings are inconsistent: expected 0 < min_expires_in_s ({}) <= \
+                 default_expires_in_s ({}) <= max_expires_in_s ({})",
+                p.min_expires_in_s, p.default_expires_in_s, p.max_expires_in_s
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_chains(&self) -> Result<(), ConfigError> {
+        if self.chains.is_empty() {
+            return Err(self.invalid("no [[chains]] configured: add at least one chain"));
+        }
+        let mut names = HashSet::new();
+        for chain in &self.chains {
+            if !is_chain_name(&chain.name) {
+                return Err(self.invalid(format!(
+                    "chains.name = {:?} is invalid: use 1 to 32 lowercase letters, digits, '-' \
+                     or '_', starting with a letter",
+                    chain.name
+                )));
+            }
+            if !names.insert(chain.name.as_str()) {
+                return Err(self.invalid(format!("chain {:?} is configured twice", chain.name)));
+            }
+            self.validate_asset(&chain.name, &chain.symbol, chain.decimals)?;
+            self.validate_tokens(chain)?;
+        }
+        Ok(())
+    }
+
+    fn validate_tokens(&self, chain: &ChainConfig) -> Result<(), ConfigError> {
+        let mut symbols = HashSet::new();
+        for token in &chain.tokens {
+            self.validate_asset(&chain.name, &token.symbol, token.decimals)?;
+            if !symbols.insert(token.symbol.as_str()) {
+                return Err(self.invalid(format!(
+                    "token {:?} is configured twice on chain {:?}",
+                    token.symbol, chain.name
+                )));
+            }
+            if !is_token_address(chain.family, &token.address) {
+                let expected = match chain.family {
+                    Family::Evm => "0x followed by 40 hex digits",
+                    Family::Solana => "a base58 mint address of 32 bytes",
+                };
+                return Err(self.invalid(format!(
+                    "token {} on chain {:?} has address {:?}: expected {expected}",
+                    token.symbol, chain.name, token.address
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_asset(&self, chain: &str, symbol: &str, decimals: u8) -> Result<(), ConfigError> {
+        let symbol_ok = (1..=16).contains(&symbol.len())
+            && symbol.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+        if !symbol_ok {
+            return Err(self.invalid(format!(
+                "symbol {symbol:?} on chain {chain:?} is invalid: use 1 to 16 letters, digits or '.'"
+            )));
+        }
+        if decimals > 77 {
+            return Err(self.invalid(format!(
+                "{symbol} on chain {chain:?} has decimals = {decimals}: expected 0 to 77"
+            )));
+        }
+        Ok(())
+    }
+
+    fn logins(&self) -> Vec<(&'static str, &DatabaseLogin)> {
+        let mut logins = vec![("runtime", &self.database.runtime)];
+        if let Some(migration) = &self.database.migration {
+            logins.push(("migration", migration));
+        }
+        logins
+    }
+
+    /// Returns the login that applies migrations: `database.migration`, else the runtime one.
+    pub fn migration_login(&self) -> &DatabaseLogin {
+        self.database.migration.as_ref().unwrap_or(&self.database.runtime)
+    }
+
+    /// Reads the runtime login's password from the environment, its file or the config.
+    pub fn runtime_password(&self) -> Result<Secret, ConfigError> {
+        let env = self.env_secrets.runtime_password.clone();
+        self.password_for("runtime", &self.database.runtime, env, "CTRIP_DATABASE_PASSWORD")
+    }
+
+    /// Reads the migration login's password; falls back to the runtime one without a
+    /// separate `[database.migration]` table.
+    pub fn migration_password(&self) -> Result<Secret, ConfigError> {
+        match &self.database.migration {
+            Some(login) => {
+                let env = self.env_secrets.migration_password.clone();
+                self.password_for("migration", login, env, "CTRIP_MIGRATION_PASSWORD")
+            }
+            None => self.runtime_password(),
+        }
+    }
+
+    fn password_for(
+        &self,
+        key: &str,
+        login: &DatabaseLogin,
+        env: Option<Secret>,
+        env_name: &str,
+    ) -> Result<Secret, ConfigError> {
+        if let Some(secret) = env {
+            return Ok(secret);
+        }
+        if let Some(path) = &login.password_file {
+            return self.read_secret_file(path);
+        }
+        login.password.clone().ok_or_else(|| {
+            self.invalid(format!(
+                "no password for database.{key} (user {:?}): set database.{key}.password_file \
+                 or {env_name}",
+                login.user
+            ))
+        })
+    }
+
+    /// Reads and parses the BIP39 phrase from `CTRIP_MNEMONIC` or `wallet.mnemonic_file`.
+    ///
+    /// Fails when neither is set, the phrase is not valid BIP39, or (in production) it is a
+    /// well-known test phrase. No word of the phrase appears in any error.
+    pub fn mnemonic(&self) -> Result<Mnemonic, ConfigError> {
+        let (phrase, source) = match (&self.env_secrets.mnemonic, &self.wallet.mnemonic_file) {
+            (Some(secret), _) => (secret.clone(), "CTRIP_MNEMONIC".to_owned()),
+            (None, Some(path)) => (self.read_secret_file(path)?, path.display().to_string()),
+            (None, None) => {
+                return Err(self.invalid(
+                    "no mnemonic: set wallet.mnemonic_file (a file of mode 0600) or CTRIP_MNEMONIC",
+                ))
+            }
+        };
+        let mnemonic = Mnemonic::parse(phrase.expose())
+            .map_err(|err| self.invalid(format!("mnemonic from {source} is invalid: {err}")))?;
+        if self.environment == Environment::Production && mnemonic.is_well_known_test_phrase() {
+            return Err(self.invalid(format!(
+                "mnemonic from {source} is a well-known test phrase, so anyone could take the \
+                 funds: generate a new one for production"
+            )));
+        }
+        Ok(mnemonic)
+    }
+
+    /// Reads the optional BIP39 passphrase; empty when no file is configured.
+    pub fn passphrase(&self) -> Result<Secret, ConfigError> {
+        match &self.wallet.passphrase_file {
+            Some(path) => self.read_secret_file(path),
+            None => Ok(Secret::new(String::new())),
+        }
+    }
+
+    /// Reads a secret file without its trailing newline, rejecting loose permissions in
+    /// production (in other environments they are only logged).
+    pub fn read_secret_file(&self, path: &Path) -> Result<Secret, ConfigError> {
+        let metadata = std::fs::metadata(path).map_err(|err| {
+            self.invalid(format!("cannot read secret file {}: {err}", path.display()))
+        })?;
+        let mode = metadata.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let message = format!(
+                "secret file {} has mode {mode:04o}, readable by group or others: run chmod 600 {}",
+                path.display(),
+                path.display()
+            );
+            if self.environment == Environment::Production {
+                return Err(self.invalid(message));
+            }
+            log::warn!("{message}");
+        }
+        let mut text = std::fs::read_to_string(path).map_err(|err| {
+            self.invalid(format!("cannot read secret file {}: {err}", path.display()))
+        })?;
+        let trimmed_len = text.trim_end_matches(['\n', '\r']).len();
+        text.truncate(trimmed_len);
+        if text.is_empty() {
+            return Err(self.invalid(format!("secret file {} is empty", path.display())));
+        }
+        Ok(Secret::new(text))
+    }
+}
+
+/// Returns the 1-based line number of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+fn is_chain_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    first_ok
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn is_token_address(family: Family, address: &str) -> bool {
+    match family {
+        Family::Evm => {
+            address.len() == 42
+                && address.starts_with("0x")
+                && address[2..].chars().all(|c| c.is_ascii_hexdigit())
+        }
+        Family::Solana => bs58::decode(address).into_vec().is_ok_and(|bytes| bytes.len() == 32),
+    }
+}

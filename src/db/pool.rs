@@ -1,0 +1,125 @@
+//! The r2d2 pool of runtime sessions.
+//!
+//! [`Manager`] opens sessions through [`SharedTls`], so a connection always uses the TLS
+//! settings current when it was made, and retires a connection on return when those settings
+//! have since been replaced (its generation is older) or the socket has closed. Requests only
+//! change session state with `SET LOCAL` or `set_config(..., true)` inside their transaction,
+//! so nothing a request sets reaches the next borrower.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::{Client, GenericClient, Statement, Transaction};
+use r2d2::{HandleError, ManageConnection};
+
+use super::{ConnectError, ConnectParams, SharedTls};
+use crate::config::PoolConfig;
+
+/// A pooled session with its prepared statements.
+pub struct PgConn {
+    client: Client,
+    generation: u64,
+    statements: StatementCache,
+}
+
+impl PgConn {
+    /// Starts a transaction and returns it with the statement cache, borrowed side by side.
+    pub fn transaction(&mut self) -> Result<(Transaction<'_>, &mut StatementCache), postgres::Error> {
+        let transaction = self.client.transaction()?;
+        Ok((transaction, &mut self.statements))
+    }
+
+    /// Returns the session and its statement cache, for reads that need no transaction.
+    pub fn parts(&mut self) -> (&mut Client, &mut StatementCache) {
+        (&mut self.client, &mut self.statements)
+    }
+}
+
+/// Statements prepared once per session and reused, keyed by their SQL text.
+#[derive(Default)]
+pub struct StatementCache {
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl StatementCache {
+    /// Returns the prepared statement for `sql`, preparing it on first use in this session.
+    pub fn get<C: GenericClient>(
+        &mut self,
+        client: &mut C,
+        sql: &'static str,
+    ) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+/// Opens and checks runtime sessions for r2d2.
+pub struct Manager {
+    params: ConnectParams,
+    tls: Arc<SharedTls>,
+    check_timeout: Duration,
+}
+
+impl Manager {
+    pub fn new(params: ConnectParams, tls: Arc<SharedTls>) -> Manager {
+        let check_timeout = params.connect_timeout;
+        Manager { params, tls, check_timeout }
+    }
+}
+
+impl ManageConnection for Manager {
+    type Connection = PgConn;
+    type Error = ConnectError;
+
+    fn connect(&self) -> Result<PgConn, ConnectError> {
+        let state = self.tls.current();
+        let client = super::connect(&self.params, state.connector.as_ref())?;
+        Ok(PgConn { client, generation: state.generation, statements: StatementCache::default() })
+    }
+
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
+        conn.client.is_valid(self.check_timeout).map_err(|source| ConnectError {
+            host: self.params.host.clone(),
+            port: self.params.port,
+            user: self.params.user.clone(),
+            mode: self.tls.current().connector.as_ref().map_or(super::tls::SslMode::Disable, |c| c.mode()),
+            detail: "the pooled session failed its check-out test".to_owned(),
+            source,
+        })
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.client.is_closed() || conn.generation != self.tls.current().generation
+    }
+}
+
+/// Logs connection failures at warn: the pool retries, and requests get 503 meanwhile.
+#[derive(Debug)]
+struct WarnOnError;
+
+impl HandleError<ConnectError> for WarnOnError {
+    fn handle_error(&self, error: ConnectError) {
+        log::warn!("database connection failed, the pool will retry: {error}");
+    }
+}
+
+/// The pool type handlers borrow sessions from.
+pub type Pool = r2d2::Pool<Manager>;
+
+/// Builds the pool without waiting for connections; the first check-out opens them.
+pub fn build(config: &PoolConfig, manager: Manager) -> Pool {
+    r2d2::Pool::builder()
+        .max_size(config.max_size)
+        .min_idle(Some(config.min_idle))
+        .connection_timeout(config.connection_timeout())
+        .max_lifetime(Some(Duration::from_secs(config.max_lifetime_s)))
+        .idle_timeout(Some(Duration::from_secs(config.idle_timeout_s)))
+        .test_on_check_out(config.test_on_check_out)
+        .error_handler(Box::new(WarnOnError))
+        .build_unchecked(manager)
+}

@@ -1,0 +1,215 @@
+//! The HTTP API: routing, request ids, the access log line and the server loop.
+//!
+//! Each request gets an id (the client's `X-Request-Id` when it is sane, else a new UUID),
+//! echoed in the response and written in the one info line logged per request. Handlers
+//! return `Result<Response, ApiError>`; the error becomes the JSON error body here.
+
+pub mod body;
+pub mod error;
+pub mod openapi;
+mod payments;
+
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rouille::{Request, Response};
+use serde_json::json;
+
+use crate::chains::ChainRegistry;
+use crate::config::PaymentsConfig;
+use crate::db::migrate::{self, Migration};
+use crate::db::pool::Pool;
+use crate::db::SharedTls;
+use crate::wallet::Wallet;
+use body::BodySchema;
+use error::ApiError;
+
+/// Everything request handlers share, built once at start-up.
+pub struct App {
+    pub pool: Pool,
+    pub tls: Arc<SharedTls>,
+    pub wallet: Wallet,
+    pub chains: ChainRegistry,
+    pub payments: PaymentsConfig,
+    pub max_body_bytes: usize,
+    pub migrations: Vec<Migration>,
+    pub create_payment_schema: BodySchema,
+    /// The OpenAPI document, serialized once.
+    pub openapi: String,
+}
+
+/// Handles one request end to end: id, routing, error body, access log.
+pub fn handle(app: &App, request: &Request) -> Response {
+    let started = Instant::now();
+    let request_id = request_id(request);
+
+    let outcome = catch_unwind(AssertUnwindSafe(|| route(app, request)))
+        .unwrap_or_else(|_| Err(ApiError::Internal("the handler panicked".to_owned())));
+    let response = match outcome {
+        Ok(response) => response,
+        Err(err) => {
+            log_error(&err, &request_id, request);
+            err.response()
+        }
+    };
+
+    let response = response.with_unique_header("X-Request-Id", request_id.clone());
+    log::info!(
+        "request_id={request_id} method={} path={} status={} elapsed_ms={:.1} client={}",
+        request.method(),
+        request.raw_url().split('?').next().unwrap_or(""),
+        response.status_code,
+        started.elapsed().as_secs_f64() * 1000.0,
+        request.remote_addr().ip(),
+    );
+    response
+}
+
+fn log_error(err: &ApiError, request_id: &str, request: &Request) {
+    let detail = err.log_detail();
+    match err {
+        ApiError::Internal(_) => log::error!("request_id={request_id} internal error: {detail}"),
+        ApiError::Unavailable(_) => log::warn!("request_id={request_id} database unavailable: {detail}"),
+        ApiError::Unauthorized(failure) => log::warn!(
+            "request_id={request_id} authentication failed: key_prefix={} client={} reason={detail}",
+            failure.prefix(),
+            request.remote_addr().ip()
+        ),
+        _ => log::debug!("request_id={request_id} rejected: {detail}"),
+    }
+}
+
+/// Accepts the client's request id when it is 1 to 128 visible, safe characters.
+fn request_id(request: &Request) -> String {
+    match request.header("X-Request-Id") {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            id.to_owned()
+        }
+        _ => uuid::Uuid::new_v4().to_string(),
+    }
+}
+
+fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
+    let path = request.raw_url().split('?').next().unwrap_or("");
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let method = request.method();
+
+    match segments.as_slice() {
+        ["health"] => only_get(method).map(|()| Response::json(&json!({"status": "ok"}))),
+        ["ready"] => only_get(method).map(|()| ready(app)),
+        ["api", "v1", "openapi.json"] => only_get(method).map(|()| {
+            Response::from_data("application/json", app.openapi.clone())
+        }),
+        ["api", "v1", "payments"] => match method {
+            "POST" => payments::create(app, request),
+            "GET" => payments::list(app, request),
+            _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+        },
+        ["api", "v1", "payments", id] => match method {
+            "GET" => payments::get(app, request, id),
+            _ => Err(ApiError::MethodNotAllowed("GET")),
+        },
+        _ => Err(ApiError::NotFound(format!("no route for {path}: see /api/v1/openapi.json"))),
+    }
+}
+
+fn only_get(method: &str) -> Result<(), ApiError> {
+    match method {
+        "GET" | "HEAD" => Ok(()),
+        _ => Err(ApiError::MethodNotAllowed("GET")),
+    }
+}
+
+/// Reports 200 when a pooled session answers and every migration is applied, else 503.
+fn ready(app: &App) -> Response {
+    let tls = app.tls.current();
+    let tls_json = json!({
+        "generation": tls.generation,
+        "ca_sha256": tls.ca_fingerprint,
+        "client_sha256": tls.client_fingerprint,
+    });
+    let check = || -> Result<bool, String> {
+        let mut conn = app.pool.get().map_err(|err| format!("no database connection: {err}"))?;
+        let (client, _) = conn.parts();
+        migrate::is_current(client, &app.migrations).map_err(|err| err.to_string())
+    };
+    match check() {
+        Ok(true) => Response::json(&json!({"status": "ready", "migrations": "current", "tls": tls_json})),
+        Ok(false) => Response::json(&json!({
+            "status": "not_ready", "reason": "migrations are not current: run `ctrip migrate`", "tls": tls_json
+        }))
+        .with_status_code(503),
+        Err(reason) => {
+            log::warn!("readiness check failed: {reason}");
+            Response::json(&json!({"status": "not_ready", "reason": reason, "tls": tls_json}))
+                .with_status_code(503)
+                .with_additional_header("Retry-After", "1")
+        }
+    }
+}
+
+/// A running HTTP server; [`Server::stop`] drains it.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `listen` and serves `app` on `workers` threads, in a background thread.
+    pub fn start(app: Arc<App>, listen: &str, workers: usize) -> Result<Server, String> {
+        let handler_app = app.clone();
+        let server = rouille::Server::new(listen, move |request| handle(&handler_app, request))
+            .map_err(|err| format!("cannot listen on {listen}: {err}"))?
+            .pool_size(workers);
+        let addr = server.server_addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("http-accept".to_owned())
+            .spawn(move || {
+                while !stop_flag.load(Ordering::SeqCst) {
+                    server.poll_timeout(Duration::from_millis(100));
+                }
+                // Accepting has stopped; wait for the requests already handed to workers.
+                server.join();
+            })
+            .map_err(|err| format!("cannot start the HTTP thread: {err}"))?;
+        Ok(Server { addr, stop, thread: Some(thread) })
+    }
+
+    /// Stops accepting and waits up to `timeout` for in-flight requests to finish.
+    /// Returns false when they did not finish in time.
+    pub fn stop(mut self, timeout: Duration) -> bool {
+        self.stop.store(true, Ordering::SeqCst);
+        let Some(thread) = self.thread.take() else { return true };
+        let deadline = Instant::now() + timeout;
+        while !thread.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        thread.join().is_ok()
+    }
+
+    /// Blocks until the server thread ends (it ends only after `stop`).
+    pub fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

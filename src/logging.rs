@@ -1,0 +1,105 @@
+//! Log set-up with fern: plain lines on stderr, an optional file copy, no colours.
+//!
+//! The level comes from `RUST_LOG` when set (a level, or `module=level` pairs separated by
+//! commas), else from `log.level` in the config. Under systemd (`JOURNAL_STREAM` set) lines
+//! carry no timestamp, because journald adds its own.
+
+use std::path::Path;
+
+use log::LevelFilter;
+
+/// Parsed log filter: a default level and per-module levels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter {
+    pub default: LevelFilter,
+    pub modules: Vec<(String, LevelFilter)>,
+}
+
+impl LogFilter {
+    /// Parses `info` or `warn,ctrip=debug,rouille=error`.
+    pub fn parse(spec: &str) -> Result<LogFilter, String> {
+        let mut filter = LogFilter { default: LevelFilter::Info, modules: Vec::new() };
+        for part in spec.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            match part.split_once('=') {
+                Some((module, level)) => filter.modules.push((module.to_owned(), parse_level(level)?)),
+                None => filter.default = parse_level(part)?,
+            }
+        }
+        Ok(filter)
+    }
+}
+
+fn parse_level(text: &str) -> Result<LevelFilter, String> {
+    text.parse().map_err(|_| {
+        format!("invalid log level {text:?}: expected off, error, warn, info, debug or trace")
+    })
+}
+
+fn dispatch(filter: &LogFilter) -> fern::Dispatch {
+    let with_time = std::env::var_os("JOURNAL_STREAM").is_none();
+    let mut dispatch = fern::Dispatch::new()
+        .format(move |out, message, record| {
+            if with_time {
+                out.finish(format_args!(
+                    "{} {:<5} {}: {}",
+                    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                    record.level(),
+                    record.target(),
+                    message
+                ))
+            } else {
+                out.finish(format_args!("{:<5} {}: {}", record.level(), record.target(), message))
+            }
+        })
+        .level(filter.default);
+    for (module, level) in &filter.modules {
+        dispatch = dispatch.level_for(module.clone(), *level);
+    }
+    dispatch
+}
+
+/// Installs the process logger: stderr, plus `file` when given. Fails on a bad `RUST_LOG`,
+/// an unwritable file, or a second call.
+pub fn init(config_level: &str, file: Option<&Path>) -> Result<(), String> {
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| config_level.to_owned());
+    let filter = LogFilter::parse(&spec)?;
+    let mut dispatch = dispatch(&filter).chain(std::io::stderr());
+    if let Some(path) = file {
+        let output = fern::log_file(path)
+            .map_err(|err| format!("cannot open log file {}: {err}", path.display()))?;
+        dispatch = dispatch.chain(output);
+    }
+    dispatch.apply().map_err(|err| format!("cannot install the logger: {err}"))
+}
+
+/// Installs a logger that appends to `file` only, and to stderr when `echo` is true; used by
+/// the test harness to capture the logs of a whole run.
+pub fn init_capture(file: &Path, filter: &LogFilter, echo: bool) -> Result<(), String> {
+    let output = fern::log_file(file)
+        .map_err(|err| format!("cannot open log file {}: {err}", file.display()))?;
+    let mut dispatch = dispatch(filter).chain(output);
+    if echo {
+        dispatch = dispatch.chain(std::io::stderr());
+    }
+    dispatch.apply().map_err(|err| format!("cannot install the logger: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_parses_default_and_modules() {
+        let filter = LogFilter::parse("warn,ctrip=debug").unwrap();
+
+        assert_eq!(filter.default, LevelFilter::Warn);
+        assert_eq!(filter.modules, vec![("ctrip".to_owned(), LevelFilter::Debug)]);
+    }
+
+    #[test]
+    fn filter_rejects_unknown_level() {
+        let err = LogFilter::parse("loud").unwrap_err();
+
+        assert!(err.contains("\"loud\""), "{err}");
+    }
+}

@@ -1,0 +1,177 @@
+//! SQL for payments. Every statement binds its parameters and is prepared once per session.
+//!
+//! A create is one transaction: take the next index of the family's sequence, derive the
+//! address in memory, then insert the address and the payment in one statement. The
+//! sequence, not process memory, hands out indexes, so concurrent requests and several
+//! processes never share one.
+
+use postgres::{GenericClient, Row};
+use uuid::Uuid;
+
+use super::{format_time, ListQuery, NewPayment, Payment, PaymentList};
+use crate::db::pool::PgConn;
+use crate::wallet::{DeriveError, Family, Wallet};
+
+/// Why a payment could not be stored or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Database(#[from] postgres::Error),
+    #[error("cannot derive a deposit address: {0}")]
+    Derive(#[from] DeriveError),
+    #[error("no payment with id {0}")]
+    CursorNotFound(Uuid),
+}
+
+const NEXT_EVM_INDEX: &str = "SELECT nextval('ctrip.deposit_index_evm')::integer";
+const NEXT_SOLANA_INDEX: &str = "SELECT nextval('ctrip.deposit_index_solana')::integer";
+
+const INSERT_PAYMENT: &str = "
+    WITH address AS (
+        INSERT INTO ctrip.deposit_addresses (family, derivation_index, derivation_path, address)
+        VALUES ($1, $2, $3, $4)
+        RETURNING id
+    )
+    INSERT INTO ctrip.payments
+        (id, chain, token, deposit_address_id, amount, expires_at, reference, metadata)
+    SELECT $5, $6, $7, address.id, $8::text::numeric,
+           now() + make_interval(secs => $9), $10, $11
+    FROM address
+    RETURNING created_at, expires_at";
+
+/// The SELECT list and joins of a payment as the API shows it; a pending payment past its
+/// expiry reads as expired. A macro, because `concat!` only takes literals.
+macro_rules! select_payment {
+    () => {
+        "SELECT p.id, p.chain, p.token, COALESCE(t.decimals, c.decimals), a.address,
+                a.derivation_path, p.amount::text,
+                CASE WHEN p.status = 'pending' AND p.expires_at <= now() THEN 'expired'
+                     ELSE p.status END,
+                p.confirmations, p.expires_at, p.created_at, p.reference, p.metadata
+         FROM ctrip.payments p
+         JOIN ctrip.deposit_addresses a ON a.id = p.deposit_address_id
+         JOIN ctrip.chains c ON c.name = p.chain
+         LEFT JOIN ctrip.tokens t ON t.chain = p.chain AND t.symbol = p.token"
+    };
+}
+
+const GET_PAYMENT: &str = concat!(select_payment!(), " WHERE p.id = $1");
+
+const LIST_PAYMENTS: &str = concat!(
+    select_payment!(),
+    " WHERE ($1::text IS NULL
+            OR (CASE WHEN p.status = 'pending' AND p.expires_at <= now() THEN 'expired'
+                     ELSE p.status END) = $1)
+       AND ($2::timestamptz IS NULL OR (p.created_at, p.id) < ($2, $3))
+     ORDER BY p.created_at DESC, p.id DESC
+     LIMIT $4"
+);
+
+const CURSOR_POSITION: &str = "SELECT created_at FROM ctrip.payments WHERE id = $1";
+
+/// Creates the payment and its deposit address in one transaction and returns it.
+pub fn create(conn: &mut PgConn, wallet: &Wallet, new: &NewPayment) -> Result<Payment, StoreError> {
+    let id = Uuid::now_v7();
+    let family = new.chain.family;
+    let (mut transaction, statements) = conn.transaction()?;
+
+    let next_index = statements.get(&mut transaction, next_index_sql(family))?;
+    let index: i32 = transaction.query_one(&next_index, &[])?.get(0);
+    let derived = wallet.derive(family, index as u32)?;
+
+    let insert = statements.get(&mut transaction, INSERT_PAYMENT)?;
+    let token = new.token.as_ref().map(|(symbol, _)| symbol.as_str());
+    let row = transaction.query_one(
+        &insert,
+        &[
+            &family.as_str(),
+            &index,
+            &derived.path,
+            &derived.address,
+            &id,
+            &new.chain.name,
+            &token,
+            &new.amount.as_str(),
+            &f64::from(new.expires_in_s),
+            &new.reference,
+            &new.metadata,
+        ],
+    )?;
+    transaction.commit()?;
+
+    Ok(Payment {
+        id,
+        chain: new.chain.name.clone(),
+        token: token.map(str::to_owned),
+        decimals: new.decimals(),
+        address: derived.address,
+        derivation_path: derived.path,
+        amount: new.amount.as_str().to_owned(),
+        status: "pending".to_owned(),
+        confirmations: 0,
+        created_at: format_time(row.get(0)),
+        expires_at: format_time(row.get(1)),
+        reference: new.reference.clone(),
+        metadata: new.metadata.clone(),
+    })
+}
+
+fn next_index_sql(family: Family) -> &'static str {
+    match family {
+        Family::Evm => NEXT_EVM_INDEX,
+        Family::Solana => NEXT_SOLANA_INDEX,
+    }
+}
+
+/// Returns the payment with `id`, or `None` when there is none.
+pub fn get(conn: &mut PgConn, id: Uuid) -> Result<Option<Payment>, StoreError> {
+    let (client, statements) = conn.parts();
+    let statement = statements.get(client, GET_PAYMENT)?;
+    let row = client.query_opt(&statement, &[&id])?;
+    Ok(row.as_ref().map(payment_from_row))
+}
+
+/// Returns one page of payments, newest first.
+pub fn list(conn: &mut PgConn, query: &ListQuery) -> Result<PaymentList, StoreError> {
+    let (client, statements) = conn.parts();
+    let cursor: Option<chrono::DateTime<chrono::Utc>> = match query.starting_after {
+        None => None,
+        Some(id) => {
+            let statement = statements.get(client, CURSOR_POSITION)?;
+            let row = client.query_opt(&statement, &[&id])?;
+            Some(row.ok_or(StoreError::CursorNotFound(id))?.get(0))
+        }
+    };
+    let statement = statements.get(client, LIST_PAYMENTS)?;
+    let rows = client.query(
+        &statement,
+        &[&query.status, &cursor, &query.starting_after, &(query.limit + 1)],
+    )?;
+    let has_more = rows.len() as i64 > query.limit;
+    let data = rows.iter().take(query.limit as usize).map(payment_from_row).collect();
+    Ok(PaymentList { data, has_more })
+}
+
+fn payment_from_row(row: &Row) -> Payment {
+    let decimals: i16 = row.get(3);
+    Payment {
+        id: row.get(0),
+        chain: row.get(1),
+        token: row.get(2),
+        decimals: decimals as u8,
+        address: row.get(4),
+        derivation_path: row.get(5),
+        amount: row.get(6),
+        status: row.get(7),
+        confirmations: row.get(8),
+        expires_at: format_time(row.get(9)),
+        created_at: format_time(row.get(10)),
+        reference: row.get(11),
+        metadata: row.get(12),
+    }
+}
+
+/// Counts payments; used by tests and the CLI.
+pub fn count(client: &mut impl GenericClient) -> Result<i64, postgres::Error> {
+    Ok(client.query_one("SELECT count(*) FROM ctrip.payments", &[])?.get(0))
+}

@@ -1,0 +1,87 @@
+//! Routing, health, readiness, request ids and the OpenAPI document.
+
+use crate::harness::TestApp;
+
+#[test]
+fn health_and_ready_are_ok() {
+    let app = TestApp::start();
+
+    let health = app.request("GET", "/health", None, &[]);
+    let ready = app.request("GET", "/ready", None, &[]);
+
+    assert_eq!(health.status, 200);
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.json["migrations"], "current");
+    assert_eq!(ready.json["tls"]["ca_sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn ready_is_503_when_migrations_missing() {
+    let app = TestApp::start();
+    app.db.owner().execute("DELETE FROM ctrip.schema_migrations", &[]).unwrap();
+
+    let ready = app.request("GET", "/ready", None, &[]);
+
+    assert_eq!(ready.status, 503);
+    assert!(ready.json["reason"].as_str().unwrap().contains("ctrip migrate"));
+}
+
+#[test]
+fn unknown_route_is_404_and_wrong_method_405() {
+    let app = TestApp::start();
+    let auth = format!("Bearer {}", app.key);
+
+    let missing = app.request("GET", "/api/v1/refunds", None, &[("Authorization", &auth)]);
+    let delete = app.request("DELETE", "/api/v1/payments", None, &[("Authorization", &auth)]);
+
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error().0, "not_found");
+    assert_eq!(delete.status, 405);
+    assert_eq!(delete.header("Allow"), Some("GET, POST"));
+    assert_eq!(delete.error().0, "method_not_allowed");
+}
+
+#[test]
+fn request_id_echoed_or_generated() {
+    let app = TestApp::start();
+
+    let given = app.request("GET", "/health", None, &[("X-Request-Id", "abc-123")]);
+    let long_id = "x".repeat(200);
+    let unsafe_id = app.request("GET", "/health", None, &[("X-Request-Id", "bad id")]);
+    let too_long = app.request("GET", "/health", None, &[("X-Request-Id", &long_id)]);
+    let generated = app.request("GET", "/health", None, &[]);
+
+    assert_eq!(given.header("X-Request-Id"), Some("abc-123"));
+    assert_eq!(unsafe_id.header("X-Request-Id").unwrap().len(), 36);
+    assert_eq!(too_long.header("X-Request-Id").unwrap().len(), 36);
+    assert_eq!(generated.header("X-Request-Id").unwrap().len(), 36);
+}
+
+#[test]
+fn request_logged_once_with_id() {
+    let app = TestApp::start();
+    let request_id = format!("log-check-{}", uuid::Uuid::new_v4().simple());
+
+    app.request("GET", "/health", None, &[("X-Request-Id", &request_id)]);
+
+    let log = crate::harness::captured_log();
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains(&request_id)).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("method=GET path=/health status=200 elapsed_ms="), "{}", lines[0]);
+}
+
+#[test]
+fn openapi_document_uses_schemars_schemas() {
+    let app = TestApp::start();
+
+    let reply = app.request("GET", "/api/v1/openapi.json", None, &[]);
+
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json["openapi"], "3.1.0");
+    let request_schema = &reply.json["components"]["schemas"]["CreatePaymentRequest"];
+    assert_eq!(request_schema["additionalProperties"], false);
+    let required: Vec<&str> = request_schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(required, ["chain", "amount"]);
+    assert!(reply.json["components"]["schemas"]["Payment"]["properties"]["derivation_path"].is_object());
+    assert!(reply.json["paths"]["/api/v1/payments"]["post"].is_object());
+}

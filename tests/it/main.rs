@@ -1,0 +1,13 @@
+//! Integration tests against real PostgreSQL over verified TLS; run them with `make test`.
+
+mod harness;
+
+mod api_basics;
+mod auth;
+mod cli;
+mod concurrency;
+mod migrations;
+mod payments;
+mod pool;
+mod tls;
+mod validation;
