@@ -28,7 +28,7 @@ pub struct ApiKey {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
-/// Why an API key operation failed.
+/// A failed API key operation.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiKeyError {
     #[error("invalid key name {0:?}: use 1 to 100 printable characters")]
@@ -42,7 +42,10 @@ pub enum ApiKeyError {
 }
 
 /// Creates a key named `name` and returns it with its full text, which is shown once.
-pub fn create(client: &mut impl GenericClient, name: &str) -> Result<(ApiKey, Secret), ApiKeyError> {
+pub fn create(
+    client: &mut impl GenericClient,
+    name: &str,
+) -> Result<(ApiKey, Secret), ApiKeyError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiKeyError::InvalidName(name.to_owned()));
@@ -109,7 +112,10 @@ pub fn revoke(client: &mut impl GenericClient, id: Uuid) -> Result<(), ApiKeyErr
         None => Err(ApiKeyError::NotFound(id)),
         Some(true) => Err(ApiKeyError::AlreadyRevoked(id)),
         Some(false) => {
-            client.execute("UPDATE ctrip.api_keys SET revoked_at = now() WHERE id = $1", &[&id])?;
+            client.execute(
+                "UPDATE ctrip.api_keys SET revoked_at = now() WHERE id = $1",
+                &[&id],
+            )?;
             Ok(())
         }
     }
@@ -122,7 +128,7 @@ pub struct AuthenticatedKey {
     pub prefix: String,
 }
 
-/// Why a presented key was not accepted. Each carries what is safe to log.
+/// The reason a presented key was not accepted, with only what is safe to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     Missing,
@@ -169,7 +175,9 @@ pub fn authenticate<C: GenericClient>(
     statements: &mut StatementCache,
     header: Option<&str>,
 ) -> Result<Result<AuthenticatedKey, AuthFailure>, postgres::Error> {
-    let Some(header) = header else { return Ok(Err(AuthFailure::Missing)) };
+    let Some(header) = header else {
+        return Ok(Err(AuthFailure::Missing));
+    };
     let Some(key) = header.strip_prefix("Bearer ").map(str::trim) else {
         return Ok(Err(AuthFailure::Malformed));
     };
@@ -180,22 +188,31 @@ pub fn authenticate<C: GenericClient>(
 
     let find = statements.get(client, FIND_KEY)?;
     let Some(row) = client.query_opt(&find, &[&prefix])? else {
-        return Ok(Err(AuthFailure::Unknown { prefix: prefix.to_owned() }));
+        return Ok(Err(AuthFailure::Unknown {
+            prefix: prefix.to_owned(),
+        }));
     };
     let stored_hash: Vec<u8> = row.get(1);
     let presented_hash = Sha256::digest(key.as_bytes());
     if !bool::from(presented_hash.as_slice().ct_eq(&stored_hash)) {
-        return Ok(Err(AuthFailure::Unknown { prefix: prefix.to_owned() }));
+        return Ok(Err(AuthFailure::Unknown {
+            prefix: prefix.to_owned(),
+        }));
     }
     if row.get::<_, bool>(2) {
-        return Ok(Err(AuthFailure::Revoked { prefix: prefix.to_owned() }));
+        return Ok(Err(AuthFailure::Revoked {
+            prefix: prefix.to_owned(),
+        }));
     }
     let id: Uuid = row.get(0);
     if row.get::<_, bool>(3) {
         let touch = statements.get(client, TOUCH_KEY)?;
         client.execute(&touch, &[&id])?;
     }
-    Ok(Ok(AuthenticatedKey { id, prefix: prefix.to_owned() }))
+    Ok(Ok(AuthenticatedKey {
+        id,
+        prefix: prefix.to_owned(),
+    }))
 }
 
 #[cfg(test)]

@@ -34,7 +34,10 @@ impl Chain {
     }
 
     pub fn token_symbols(&self) -> Vec<&str> {
-        self.tokens.iter().map(|token| token.symbol.as_str()).collect()
+        self.tokens
+            .iter()
+            .map(|token| token.symbol.as_str())
+            .collect()
     }
 }
 
@@ -72,7 +75,10 @@ impl ChainRegistry {
     }
 
     pub fn names(&self) -> Vec<&str> {
-        self.chains.iter().map(|chain| chain.name.as_str()).collect()
+        self.chains
+            .iter()
+            .map(|chain| chain.name.as_str())
+            .collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Chain> {
@@ -101,8 +107,14 @@ impl ChainRegistry {
 /// match their chain.
 pub fn sync(client: &mut impl GenericClient, registry: &ChainRegistry) -> Result<(), SyncError> {
     let mut transaction = client.transaction()?;
-    transaction.execute("UPDATE ctrip.chains SET enabled = false, updated_at = now()", &[])?;
-    transaction.execute("UPDATE ctrip.tokens SET enabled = false, updated_at = now()", &[])?;
+    transaction.execute(
+        "UPDATE ctrip.chains SET enabled = false, updated_at = now()",
+        &[],
+    )?;
+    transaction.execute(
+        "UPDATE ctrip.tokens SET enabled = false, updated_at = now()",
+        &[],
+    )?;
     for chain in registry.iter() {
         let written = transaction.execute(
             "INSERT INTO ctrip.chains (name, family, symbol, decimals)
@@ -111,10 +123,18 @@ pub fn sync(client: &mut impl GenericClient, registry: &ChainRegistry) -> Result
              SET symbol = EXCLUDED.symbol, decimals = EXCLUDED.decimals, enabled = true,
                  updated_at = now()
              WHERE ctrip.chains.family = EXCLUDED.family",
-            &[&chain.name, &chain.family.as_str(), &chain.symbol, &i16::from(chain.decimals)],
+            &[
+                &chain.name,
+                &chain.family.as_str(),
+                &chain.symbol,
+                &i16::from(chain.decimals),
+            ],
         )?;
         if written == 0 {
-            return Err(SyncError::FamilyChanged { chain: chain.name.clone(), family: chain.family });
+            return Err(SyncError::FamilyChanged {
+                chain: chain.name.clone(),
+                family: chain.family,
+            });
         }
         for token in &chain.tokens {
             transaction.execute(
@@ -123,14 +143,19 @@ pub fn sync(client: &mut impl GenericClient, registry: &ChainRegistry) -> Result
                  ON CONFLICT (chain, symbol) DO UPDATE
                  SET address = EXCLUDED.address, decimals = EXCLUDED.decimals, enabled = true,
                      updated_at = now()",
-                &[&chain.name, &token.symbol, &token.address, &i16::from(token.decimals)],
+                &[
+                    &chain.name,
+                    &token.symbol,
+                    &token.address,
+                    &i16::from(token.decimals),
+                ],
             )?;
         }
     }
     Ok(transaction.commit()?)
 }
 
-/// Why the configured chains could not be written to the database.
+/// A failure to write the configured chains to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error(

@@ -24,9 +24,16 @@ use crate::wallet::{Family, Mnemonic};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} line {line}: {message}")]
-    Parse { path: PathBuf, line: usize, message: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
 }
@@ -70,7 +77,7 @@ pub struct Config {
     /// Directory of the config file; relative paths in it are resolved against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
-    /// Where the settings came from, for error messages.
+    /// Source of the settings (a file path), for error messages.
     #[serde(skip)]
     pub origin: String,
     #[serde(skip)]
@@ -120,7 +127,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".to_owned(), file: None }
+        LogConfig {
+            level: "info".to_owned(),
+            file: None,
+        }
     }
 }
 
@@ -314,7 +324,10 @@ impl Config {
     pub fn from_toml_str(text: &str, path: &Path, env: EnvLookup) -> Result<Config, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: path.to_owned(),
-            line: err.span().map(|span| line_of(text, span.start)).unwrap_or(0),
+            line: err
+                .span()
+                .map(|span| line_of(text, span.start))
+                .unwrap_or(0),
             message: err.message().replace('\n', " "),
         })?;
         config.origin = path.display().to_string();
@@ -329,7 +342,10 @@ impl Config {
     }
 
     fn invalid(&self, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { origin: self.origin.clone(), message: message.into() }
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            message: message.into(),
+        }
     }
 
     fn apply_env(&mut self, env: EnvLookup) -> Result<(), ConfigError> {
@@ -383,7 +399,11 @@ impl Config {
         resolve(&mut self.database.sslrootcert);
         self.database.sslcert.iter_mut().for_each(resolve);
         self.database.sslkey.iter_mut().for_each(resolve);
-        self.database.runtime.password_file.iter_mut().for_each(resolve);
+        self.database
+            .runtime
+            .password_file
+            .iter_mut()
+            .for_each(resolve);
         if let Some(login) = self.database.migration.as_mut() {
             login.password_file.iter_mut().for_each(resolve);
         }
@@ -437,13 +457,18 @@ impl Config {
     fn validate_database(&self) -> Result<(), ConfigError> {
         let db = &self.database;
         if db.host.is_empty() || db.dbname.is_empty() || db.runtime.user.is_empty() {
-            return Err(self.invalid("database.host, database.dbname and database.runtime.user \
-                                     must not be empty"));
+            return Err(self.invalid(
+                "database.host, database.dbname and database.runtime.user \
+                                     must not be empty",
+            ));
         }
         for (key, value) in [
             ("connect_timeout_ms", db.connect_timeout_ms),
             ("statement_timeout_ms", db.statement_timeout_ms),
-            ("idle_in_transaction_session_timeout_ms", db.idle_in_transaction_session_timeout_ms),
+            (
+                "idle_in_transaction_session_timeout_ms",
+                db.idle_in_transaction_session_timeout_ms,
+            ),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!(
@@ -452,9 +477,8 @@ impl Config {
             }
         }
         if db.sslcert.is_some() != db.sslkey.is_some() {
-            return Err(self.invalid(
-                "database.sslcert and database.sslkey go together: set both or neither",
-            ));
+            return Err(self
+                .invalid("database.sslcert and database.sslkey go together: set both or neither"));
         }
         match (self.environment, db.sslmode) {
             (Environment::Production, mode) if mode != SslMode::VerifyFull => {
@@ -493,10 +517,16 @@ impl Config {
                 pool.max_size, pool.min_idle
             )));
         }
-        if pool.connection_timeout_ms == 0 {
-            return Err(self.invalid(
-                "pool.connection_timeout_ms = 0 would make every request fail: set milliseconds",
-            ));
+        for (key, value) in [
+            ("connection_timeout_ms", pool.connection_timeout_ms),
+            ("max_lifetime_s", pool.max_lifetime_s),
+            ("idle_timeout_s", pool.idle_timeout_s),
+        ] {
+            if value == 0 {
+                return Err(
+                    self.invalid(format!("pool.{key} = 0 is invalid: set a positive number"))
+                );
+            }
         }
         Ok(())
     }
@@ -564,7 +594,9 @@ impl Config {
 
     fn validate_asset(&self, chain: &str, symbol: &str, decimals: u8) -> Result<(), ConfigError> {
         let symbol_ok = (1..=16).contains(&symbol.len())
-            && symbol.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+            && symbol
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.');
         if !symbol_ok {
             return Err(self.invalid(format!(
                 "symbol {symbol:?} on chain {chain:?} is invalid: use 1 to 16 letters, digits or '.'"
@@ -588,13 +620,21 @@ impl Config {
 
     /// Returns the login that applies migrations: `database.migration`, else the runtime one.
     pub fn migration_login(&self) -> &DatabaseLogin {
-        self.database.migration.as_ref().unwrap_or(&self.database.runtime)
+        self.database
+            .migration
+            .as_ref()
+            .unwrap_or(&self.database.runtime)
     }
 
     /// Reads the runtime login's password from the environment, its file or the config.
     pub fn runtime_password(&self) -> Result<Secret, ConfigError> {
         let env = self.env_secrets.runtime_password.clone();
-        self.password_for("runtime", &self.database.runtime, env, "CTRIP_DATABASE_PASSWORD")
+        self.password_for(
+            "runtime",
+            &self.database.runtime,
+            env,
+            "CTRIP_DATABASE_PASSWORD",
+        )
     }
 
     /// Reads the migration login's password; falls back to the runtime one without a
@@ -636,15 +676,14 @@ impl Config {
     /// Fails when neither is set, the phrase is not valid BIP39, or (in production) it is a
     /// well-known test phrase. No word of the phrase appears in any error.
     pub fn mnemonic(&self) -> Result<Mnemonic, ConfigError> {
-        let (phrase, source) = match (&self.env_secrets.mnemonic, &self.wallet.mnemonic_file) {
-            (Some(secret), _) => (secret.clone(), "CTRIP_MNEMONIC".to_owned()),
-            (None, Some(path)) => (self.read_secret_file(path)?, path.display().to_string()),
-            (None, None) => {
-                return Err(self.invalid(
+        let (phrase, source) =
+            match (&self.env_secrets.mnemonic, &self.wallet.mnemonic_file) {
+                (Some(secret), _) => (secret.clone(), "CTRIP_MNEMONIC".to_owned()),
+                (None, Some(path)) => (self.read_secret_file(path)?, path.display().to_string()),
+                (None, None) => return Err(self.invalid(
                     "no mnemonic: set wallet.mnemonic_file (a file of mode 0600) or CTRIP_MNEMONIC",
-                ))
-            }
-        };
+                )),
+            };
         let mnemonic = Mnemonic::parse(phrase.expose())
             .map_err(|err| self.invalid(format!("mnemonic from {source} is invalid: {err}")))?;
         if self.environment == Environment::Production && mnemonic.is_well_known_test_phrase() {
@@ -662,6 +701,30 @@ impl Config {
             Some(path) => self.read_secret_file(path),
             None => Ok(Secret::new(String::new())),
         }
+    }
+
+    /// Rejects, in production, a client key that group or others can read. (Every environment
+    /// applies libpq's rule when the key is loaded; production is stricter and refuses 0640 too.)
+    pub fn check_production_key_file(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.database.sslkey else {
+            return Ok(());
+        };
+        if self.environment != Environment::Production {
+            return Ok(());
+        }
+        let mode = std::fs::metadata(path)
+            .map_err(|err| self.invalid(format!("cannot read {}: {err}", path.display())))?
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(self.invalid(format!(
+                "client key {} has mode {mode:04o}, readable by group or others, which production \
+                 refuses: run chmod 600 {}",
+                path.display(),
+                path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Reads a secret file without its trailing newline, rejecting loose permissions in
@@ -696,7 +759,11 @@ impl Config {
 
 /// Returns the 1-based line number of byte `offset` in `text`.
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn is_chain_name(name: &str) -> bool {
@@ -714,6 +781,257 @@ fn is_token_address(family: Family, address: &str) -> bool {
                 && address.starts_with("0x")
                 && address[2..].chars().all(|c| c.is_ascii_hexdigit())
         }
-        Family::Solana => bs58::decode(address).into_vec().is_ok_and(|bytes| bytes.len() == 32),
+        Family::Solana => bs58::decode(address)
+            .into_vec()
+            .is_ok_and(|bytes| bytes.len() == 32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const MINIMAL: &str = r#"
+environment = "development"
+[database]
+host = "localhost"
+dbname = "ctrip"
+[database.runtime]
+user = "ctrip_runtime"
+password = "dev-only"
+[wallet]
+mnemonic_file = "mnemonic"
+[[chains]]
+name = "ethereum"
+family = "evm"
+symbol = "ETH"
+decimals = 18
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("/etc/ctrip/config.toml"), &|_| None)
+    }
+
+    fn parse_with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_toml_str(text, Path::new("/etc/ctrip/config.toml"), &|name| {
+            map.get(name).cloned()
+        })
+    }
+
+    fn replace(text: &str, from: &str, to: &str) -> String {
+        assert!(text.contains(from), "{from:?} not in the config");
+        text.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let text = include_str!("../config.toml");
+
+        let config = parse(text).unwrap();
+
+        assert_eq!(config.environment, Environment::Development);
+        assert_eq!(config.database.sslmode, SslMode::VerifyFull);
+        assert_eq!(config.database.port, 54329);
+        assert_eq!(config.chains.len(), 2);
+        assert_eq!(
+            config.migration_login().role.as_deref(),
+            Some("ctrip_owner")
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_file() {
+        let config = parse(MINIMAL).unwrap();
+
+        assert_eq!(
+            config.database.sslrootcert,
+            PathBuf::from("/etc/ctrip/certs/ca.crt")
+        );
+        assert_eq!(
+            config.wallet.mnemonic_file,
+            Some(PathBuf::from("/etc/ctrip/mnemonic"))
+        );
+    }
+
+    #[test]
+    fn unknown_key_named_with_line() {
+        let text = replace(
+            MINIMAL,
+            "dbname = \"ctrip\"",
+            "dbname = \"ctrip\"\ndb_name = \"x\"",
+        );
+
+        let err = parse(&text).unwrap_err().to_string();
+
+        assert!(err.starts_with("/etc/ctrip/config.toml line 6:"), "{err}");
+        assert!(err.contains("unknown field `db_name`"), "{err}");
+    }
+
+    #[test]
+    fn prefer_rejected() {
+        let text = replace(
+            MINIMAL,
+            "dbname = \"ctrip\"",
+            "dbname = \"ctrip\"\nsslmode = \"prefer\"",
+        );
+
+        let err = parse(&text).unwrap_err().to_string();
+
+        assert!(err.contains("falls back to plaintext"), "{err}");
+    }
+
+    #[test]
+    fn production_requires_verify_full() {
+        let text = replace(MINIMAL, "\"development\"", "\"production\"");
+        let text = replace(&text, "password = \"dev-only\"", "password_file = \"pw\"");
+
+        let verify_ca = replace(
+            &text,
+            "dbname = \"ctrip\"",
+            "dbname = \"ctrip\"\nsslmode = \"verify-ca\"",
+        );
+        let err = parse(&verify_ca).unwrap_err().to_string();
+
+        assert!(err.contains("not allowed in production"), "{err}");
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn production_rejects_inline_password() {
+        let text = replace(MINIMAL, "\"development\"", "\"production\"");
+
+        let err = parse(&text).unwrap_err().to_string();
+
+        assert!(
+            err.contains("database.runtime.password is not allowed in production"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn disable_only_in_development() {
+        let disable = replace(
+            MINIMAL,
+            "dbname = \"ctrip\"",
+            "dbname = \"ctrip\"\nsslmode = \"disable\"",
+        );
+        let testing = replace(&disable, "\"development\"", "\"testing\"");
+
+        assert!(parse(&disable).is_ok());
+        assert!(parse(&testing)
+            .unwrap_err()
+            .to_string()
+            .contains("only in development"));
+    }
+
+    #[test]
+    fn environment_overrides_deploy_values() {
+        let config = parse_with_env(
+            MINIMAL,
+            &[
+                ("CTRIP_LISTEN", "0.0.0.0:9000"),
+                ("CTRIP_DATABASE_PORT", "6543"),
+                ("CTRIP_DATABASE_PASSWORD", "from-env"),
+            ],
+        )
+        .unwrap();
+
+        assert_eq!(config.server.listen, "0.0.0.0:9000");
+        assert_eq!(config.database.port, 6543);
+        assert_eq!(config.runtime_password().unwrap().expose(), "from-env");
+    }
+
+    #[test]
+    fn bad_port_variable_named() {
+        let err = parse_with_env(MINIMAL, &[("CTRIP_DATABASE_PORT", "http")]).unwrap_err();
+
+        assert!(
+            err.to_string().contains("CTRIP_DATABASE_PORT=\"http\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_named() {
+        let cases = [
+            ("[database]", "[server]\nlisten = \"localhost\"\n[database]", "server.listen"),
+            ("[database]", "[pool]\nmax_size = 0\n[database]", "pool.max_size"),
+            ("[database]", "[log]\nlevel = \"loud\"\n[database]", "log.level"),
+            ("family = \"evm\"", "family = \"bitcoin\"", "bitcoin"),
+            ("name = \"ethereum\"", "name = \"Ethereum\"", "chains.name"),
+            ("decimals = 18", "decimals = 18\n[[chains.tokens]]\nsymbol = \"USDC\"\naddress = \"0x12\"\ndecimals = 6", "0x followed by 40 hex digits"),
+        ];
+
+        for (from, to, expected) in cases {
+            let err = parse(&replace(MINIMAL, from, to)).unwrap_err().to_string();
+
+            assert!(err.contains(expected), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn secret_file_mode_enforced_in_production() {
+        let dir = std::env::temp_dir().join(format!("ctrip-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "secret\n").unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let text = replace(MINIMAL, "\"development\"", "\"production\"");
+        let text = replace(
+            &text,
+            "password = \"dev-only\"",
+            &format!("password_file = {:?}", file.display().to_string()),
+        );
+
+        let err = parse(&text)
+            .unwrap()
+            .runtime_password()
+            .unwrap_err()
+            .to_string();
+        let dev = parse(MINIMAL).unwrap().read_secret_file(&file).unwrap();
+
+        assert!(err.contains("chmod 600"), "{err}");
+        assert_eq!(dev.expose(), "secret");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn test_mnemonic_refused_in_production() {
+        let text = replace(MINIMAL, "\"development\"", "\"production\"");
+        let text = replace(&text, "password = \"dev-only\"", "password_file = \"pw\"");
+        let phrase = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+
+        let err = parse_with_env(&text, &[("CTRIP_MNEMONIC", phrase)])
+            .unwrap()
+            .mnemonic()
+            .unwrap_err()
+            .to_string();
+        let dev = parse_with_env(MINIMAL, &[("CTRIP_MNEMONIC", phrase)])
+            .unwrap()
+            .mnemonic();
+
+        assert!(err.contains("well-known test phrase"), "{err}");
+        assert!(!err.contains("abandon"), "{err}");
+        assert!(dev.is_ok());
+    }
+
+    #[test]
+    fn invalid_mnemonic_not_echoed() {
+        let phrase = "test test test test test test test test test test test tset";
+
+        let err = parse_with_env(MINIMAL, &[("CTRIP_MNEMONIC", phrase)])
+            .unwrap()
+            .mnemonic()
+            .unwrap_err()
+            .to_string();
+
+        assert!(err.contains("CTRIP_MNEMONIC"), "{err}");
+        assert!(!err.contains("tset"), "{err}");
     }
 }

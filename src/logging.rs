@@ -18,10 +18,19 @@ pub struct LogFilter {
 impl LogFilter {
     /// Parses `info` or `warn,ctrip=debug,rouille=error`.
     pub fn parse(spec: &str) -> Result<LogFilter, String> {
-        let mut filter = LogFilter { default: LevelFilter::Info, modules: Vec::new() };
-        for part in spec.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+        let mut filter = LogFilter {
+            default: LevelFilter::Info,
+            modules: Vec::new(),
+        };
+        for part in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+        {
             match part.split_once('=') {
-                Some((module, level)) => filter.modules.push((module.to_owned(), parse_level(level)?)),
+                Some((module, level)) => filter
+                    .modules
+                    .push((module.to_owned(), parse_level(level)?)),
                 None => filter.default = parse_level(part)?,
             }
         }
@@ -48,7 +57,12 @@ fn dispatch(filter: &LogFilter) -> fern::Dispatch {
                     message
                 ))
             } else {
-                out.finish(format_args!("{:<5} {}: {}", record.level(), record.target(), message))
+                out.finish(format_args!(
+                    "{:<5} {}: {}",
+                    record.level(),
+                    record.target(),
+                    message
+                ))
             }
         })
         .level(filter.default);
@@ -69,11 +83,13 @@ pub fn init(config_level: &str, file: Option<&Path>) -> Result<(), String> {
             .map_err(|err| format!("cannot open log file {}: {err}", path.display()))?;
         dispatch = dispatch.chain(output);
     }
-    dispatch.apply().map_err(|err| format!("cannot install the logger: {err}"))
+    dispatch
+        .apply()
+        .map_err(|err| format!("cannot install the logger: {err}"))
 }
 
-/// Installs a logger that appends to `file` only, and to stderr when `echo` is true; used by
-/// the test harness to capture the logs of a whole run.
+/// Installs a logger that appends to `file`, and also to stderr when `echo` is true. The test
+/// harness uses it to capture the logs of a whole run.
 pub fn init_capture(file: &Path, filter: &LogFilter, echo: bool) -> Result<(), String> {
     let output = fern::log_file(file)
         .map_err(|err| format!("cannot open log file {}: {err}", file.display()))?;
@@ -81,7 +97,9 @@ pub fn init_capture(file: &Path, filter: &LogFilter, echo: bool) -> Result<(), S
     if echo {
         dispatch = dispatch.chain(std::io::stderr());
     }
-    dispatch.apply().map_err(|err| format!("cannot install the logger: {err}"))
+    dispatch
+        .apply()
+        .map_err(|err| format!("cannot install the logger: {err}"))
 }
 
 #[cfg(test)]
@@ -93,7 +111,10 @@ mod tests {
         let filter = LogFilter::parse("warn,ctrip=debug").unwrap();
 
         assert_eq!(filter.default, LevelFilter::Warn);
-        assert_eq!(filter.modules, vec![("ctrip".to_owned(), LevelFilter::Debug)]);
+        assert_eq!(
+            filter.modules,
+            vec![("ctrip".to_owned(), LevelFilter::Debug)]
+        );
     }
 
     #[test]

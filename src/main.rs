@@ -15,7 +15,12 @@ use ctrip::{apikeys, logging, serve};
 #[command(name = "ctrip", version, about = "Self-hosted crypto payment gateway")]
 struct Cli {
     /// Path of the configuration file.
-    #[arg(long, global = true, env = "CTRIP_CONFIG", default_value = "config.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "CTRIP_CONFIG",
+        default_value = "config.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -89,13 +94,19 @@ fn error_line(err: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
     let quiet = !matches!(cli.command, Command::Serve);
-    let level = if quiet && std::env::var_os("RUST_LOG").is_none() { "warn" } else { config.log.level.as_str() };
+    let level = if quiet && std::env::var_os("RUST_LOG").is_none() {
+        "warn"
+    } else {
+        config.log.level.as_str()
+    };
     logging::init(level, config.log.file.as_deref()).map_err(anyhow::Error::msg)?;
 
     match cli.command {
         Command::Serve => serve::run(&config),
         Command::Migrate { action: None } => migrate_apply(&config),
-        Command::Migrate { action: Some(MigrateAction::Status) } => migrate_status(&config),
+        Command::Migrate {
+            action: Some(MigrateAction::Status),
+        } => migrate_status(&config),
         Command::ApiKey(action) => api_key(&config, action),
     }
 }
@@ -107,7 +118,10 @@ fn migrate_apply(config: &Config) -> anyhow::Result<()> {
         println!("migrations are current; nothing to apply");
     }
     for migration in applied {
-        println!("applied {:04}_{} in {} ms", migration.version, migration.name, migration.execution_ms);
+        println!(
+            "applied {:04}_{} in {} ms",
+            migration.version, migration.name, migration.execution_ms
+        );
     }
     Ok(())
 }
@@ -115,7 +129,10 @@ fn migrate_apply(config: &Config) -> anyhow::Result<()> {
 fn migrate_status(config: &Config) -> anyhow::Result<()> {
     let mut client = serve::migration_client(config)?;
     let lines = migrate::status(&mut client, &migrate::embedded())?;
-    println!("{:<8} {:<8} {:<30} {:<32} APPLIED BY", "VERSION", "STATE", "NAME", "APPLIED AT");
+    println!(
+        "{:<8} {:<8} {:<30} {:<32} APPLIED BY",
+        "VERSION", "STATE", "NAME", "APPLIED AT"
+    );
     let mut problems = 0;
     for line in lines {
         let state = match line.state {
@@ -124,14 +141,24 @@ fn migrate_status(config: &Config) -> anyhow::Result<()> {
             MigrationState::Drifted => "DRIFTED",
             MigrationState::Missing => "MISSING",
         };
-        if matches!(line.state, MigrationState::Drifted | MigrationState::Missing) {
+        if matches!(
+            line.state,
+            MigrationState::Drifted | MigrationState::Missing
+        ) {
             problems += 1;
         }
         let (at, by) = match &line.applied {
             Some(row) => (row.applied_at.to_rfc3339(), row.applied_by.clone()),
             None => ("-".to_owned(), "-".to_owned()),
         };
-        println!("{:<8} {:<8} {:<30} {:<32} {}", format!("{:04}", line.version), state, line.name, at, by);
+        println!(
+            "{:<8} {:<8} {:<30} {:<32} {}",
+            format!("{:04}", line.version),
+            state,
+            line.name,
+            at,
+            by
+        );
     }
     if problems > 0 {
         anyhow::bail!(
@@ -154,9 +181,14 @@ fn api_key(config: &Config, action: ApiKeyAction) -> anyhow::Result<()> {
             eprintln!("Store the key now: it is shown only once and only its hash is kept.");
         }
         ApiKeyAction::List => {
-            println!("{:<36}  {:<14}  {:<25}  {:<25}  {:<25}  NAME", "ID", "PREFIX", "CREATED", "LAST USED", "REVOKED");
+            println!(
+                "{:<36}  {:<14}  {:<25}  {:<25}  {:<25}  NAME",
+                "ID", "PREFIX", "CREATED", "LAST USED", "REVOKED"
+            );
             let show = |time: Option<chrono::DateTime<chrono::Utc>>| {
-                time.map_or("-".to_owned(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                time.map_or("-".to_owned(), |t| {
+                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+                })
             };
             for key in apikeys::list(&mut client)? {
                 println!(
@@ -172,7 +204,9 @@ fn api_key(config: &Config, action: ApiKeyAction) -> anyhow::Result<()> {
         }
         ApiKeyAction::Revoke { id } => {
             let id = Uuid::parse_str(&id).map_err(|_| {
-                anyhow::anyhow!("{id:?} is not an API key id: run `ctrip api-key list` to see the ids")
+                anyhow::anyhow!(
+                    "{id:?} is not an API key id: run `ctrip api-key list` to see the ids"
+                )
             })?;
             apikeys::revoke(&mut client, id)?;
             println!("revoked {id}");

@@ -2,7 +2,7 @@
 //!
 //! Order matters: secrets and TLS files are checked before any connection, migrations and the
 //! chain sync run as the migration login before the pool opens as the runtime login, and the
-//! HTTP port opens last, so a server that answers is a server that is ready.
+//! HTTP port opens last, so a server that accepts requests is ready for them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ pub struct Running {
 pub fn start(config: &Config) -> anyhow::Result<Running> {
     let started = Instant::now();
     let wallet = load_wallet(config)?;
+    config.check_production_key_file()?;
     let tls = Arc::new(SharedTls::from_config(config).context("invalid database TLS settings")?);
     let chains = ChainRegistry::from_config(&config.chains);
 
@@ -62,8 +63,19 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     let server = Server::start(app.clone(), &config.server.listen, config.server.workers)
         .map_err(anyhow::Error::msg)?;
 
-    log_summary(config, &server, &app, &migrations, applied.len(), started.elapsed());
-    Ok(Running { server, app, migrations_applied: applied.len() })
+    log_summary(
+        config,
+        &server,
+        &app,
+        &migrations,
+        applied.len(),
+        started.elapsed(),
+    );
+    Ok(Running {
+        server,
+        app,
+        migrations_applied: applied.len(),
+    })
 }
 
 fn load_wallet(config: &Config) -> anyhow::Result<Wallet> {
@@ -118,10 +130,16 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
 
     let timeout = Duration::from_secs(config.server.shutdown_timeout_s);
-    log::info!("shutting down: draining in-flight requests for up to {}s", timeout.as_secs());
+    log::info!(
+        "shutting down: draining in-flight requests for up to {}s",
+        timeout.as_secs()
+    );
     let drained = running.server.stop(timeout);
     if !drained {
-        log::warn!("some requests were still running after {}s and were cut off", timeout.as_secs());
+        log::warn!(
+            "some requests were still running after {}s and were cut off",
+            timeout.as_secs()
+        );
     }
     drop(running.app);
     log::info!("ctrip stopped");

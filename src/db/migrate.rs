@@ -74,7 +74,7 @@ pub struct AppliedMigration {
     pub applied_by: String,
 }
 
-/// Why migrations could not be applied or the history is not trusted.
+/// A failure to apply migrations, or a history that cannot be trusted.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(
@@ -82,7 +82,12 @@ pub enum MigrateError {
          database {applied}, in this build {built}; restore the original file and put the \
          change in a new migration"
     )]
-    Edited { version: i64, name: String, applied: String, built: String },
+    Edited {
+        version: i64,
+        name: String,
+        applied: String,
+        built: String,
+    },
     #[error(
         "migration {version:04} ({name}) is applied in the database but missing from this \
          build: restore sql/{version:04}_{name}.sql"
@@ -94,14 +99,22 @@ pub enum MigrateError {
     )]
     DatabaseNewer { database: i64, known: i64 },
     #[error("migration {version:04} ({name}) failed and was rolled back: {detail}")]
-    Failed { version: i64, name: String, detail: String, source: postgres::Error },
+    Failed {
+        version: i64,
+        name: String,
+        detail: String,
+        source: postgres::Error,
+    },
     #[error(
         "another process held the migration lock for over 60 s: check for a stuck `ctrip \
          migrate` or `ctrip serve`, then retry"
     )]
     LockTimeout,
     #[error("migration bookkeeping failed: {detail}")]
-    Database { detail: String, source: postgres::Error },
+    Database {
+        detail: String,
+        source: postgres::Error,
+    },
 }
 
 impl From<postgres::Error> for MigrateError {
@@ -111,7 +124,7 @@ impl From<postgres::Error> for MigrateError {
     }
 }
 
-/// What one applied migration took.
+/// One migration applied by this run, with its execution time.
 #[derive(Debug, Clone)]
 pub struct AppliedNow {
     pub version: i64,
@@ -123,7 +136,10 @@ pub struct AppliedNow {
 ///
 /// Fails without applying anything when the history check fails; a failing file is rolled
 /// back with its history row and stops the run.
-pub fn apply(client: &mut Client, migrations: &[Migration]) -> Result<Vec<AppliedNow>, MigrateError> {
+pub fn apply(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<AppliedNow>, MigrateError> {
     lock(client)?;
     let result = apply_locked(client, migrations);
     let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]);
@@ -133,7 +149,10 @@ pub fn apply(client: &mut Client, migrations: &[Migration]) -> Result<Vec<Applie
 }
 
 fn lock(client: &mut Client) -> Result<(), MigrateError> {
-    client.batch_execute("SET statement_timeout = 0; SET lock_timeout = '60s'")?;
+    // Migrations may run longer than a request may, and IF NOT EXISTS notices are noise.
+    client.batch_execute(
+        "SET statement_timeout = 0; SET lock_timeout = '60s'; SET client_min_messages = warning",
+    )?;
     match client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]) {
         Ok(_) => Ok(()),
         Err(err) if err.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
@@ -143,7 +162,10 @@ fn lock(client: &mut Client) -> Result<(), MigrateError> {
     }
 }
 
-fn apply_locked(client: &mut Client, migrations: &[Migration]) -> Result<Vec<AppliedNow>, MigrateError> {
+fn apply_locked(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<AppliedNow>, MigrateError> {
     client.batch_execute(BOOTSTRAP)?;
     let applied = read_applied(client)?;
     check_history(&applied, migrations)?;
@@ -159,7 +181,11 @@ fn apply_locked(client: &mut Client, migrations: &[Migration]) -> Result<Vec<App
     Ok(done)
 }
 
-fn apply_one(client: &mut Client, migration: &Migration, applied_by: &str) -> Result<AppliedNow, MigrateError> {
+fn apply_one(
+    client: &mut Client,
+    migration: &Migration,
+    applied_by: &str,
+) -> Result<AppliedNow, MigrateError> {
     let started = Instant::now();
     let failed = |source: postgres::Error| MigrateError::Failed {
         version: migration.version,
@@ -176,7 +202,13 @@ fn apply_one(client: &mut Client, migration: &Migration, applied_by: &str) -> Re
             "INSERT INTO ctrip.schema_migrations
                  (version, name, checksum, execution_ms, applied_by)
              VALUES ($1, $2, $3, $4, session_user || ' via ' || $5)",
-            &[&migration.version, &migration.name.as_ref(), &migration.checksum(), &execution_ms, &applied_by],
+            &[
+                &migration.version,
+                &migration.name.as_ref(),
+                &migration.checksum(),
+                &execution_ms,
+                &applied_by,
+            ],
         )
         .map_err(failed)?;
     transaction.commit().map_err(failed)?;
@@ -186,13 +218,22 @@ fn apply_one(client: &mut Client, migration: &Migration, applied_by: &str) -> Re
         migration.version,
         migration.name
     );
-    Ok(AppliedNow { version: migration.version, name: migration.name.to_string(), execution_ms })
+    Ok(AppliedNow {
+        version: migration.version,
+        name: migration.name.to_string(),
+        execution_ms,
+    })
 }
 
 /// Describes this process for the `applied_by` column.
 fn applied_by() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("ctrip {} on {} pid {}", env!("CARGO_PKG_VERSION"), host.trim(), std::process::id())
+    format!(
+        "ctrip {} on {} pid {}",
+        env!("CARGO_PKG_VERSION"),
+        host.trim(),
+        std::process::id()
+    )
 }
 
 /// Reads the migration history, oldest first. The table must exist.
@@ -216,16 +257,25 @@ pub fn read_applied(client: &mut Client) -> Result<Vec<AppliedMigration>, Migrat
 }
 
 /// Checks the applied history against the files of this build.
-pub fn check_history(applied: &[AppliedMigration], migrations: &[Migration]) -> Result<(), MigrateError> {
+pub fn check_history(
+    applied: &[AppliedMigration],
+    migrations: &[Migration],
+) -> Result<(), MigrateError> {
     let known = migrations.iter().map(|m| m.version).max().unwrap_or(0);
     if let Some(newest) = applied.iter().map(|row| row.version).max() {
         if newest > known {
-            return Err(MigrateError::DatabaseNewer { database: newest, known });
+            return Err(MigrateError::DatabaseNewer {
+                database: newest,
+                known,
+            });
         }
     }
     for row in applied {
         let Some(migration) = migrations.iter().find(|m| m.version == row.version) else {
-            return Err(MigrateError::Missing { version: row.version, name: row.name.clone() });
+            return Err(MigrateError::Missing {
+                version: row.version,
+                name: row.name.clone(),
+            });
         };
         let built = migration.checksum();
         if built != row.checksum {
@@ -261,11 +311,21 @@ pub struct StatusLine {
 }
 
 /// Compares the database's history with this build, without changing anything.
-pub fn status(client: &mut Client, migrations: &[Migration]) -> Result<Vec<StatusLine>, MigrateError> {
+pub fn status(
+    client: &mut Client,
+    migrations: &[Migration],
+) -> Result<Vec<StatusLine>, MigrateError> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('ctrip.schema_migrations') IS NOT NULL", &[])?
+        .query_one(
+            "SELECT to_regclass('ctrip.schema_migrations') IS NOT NULL",
+            &[],
+        )?
         .get(0);
-    let applied = if exists { read_applied(client)? } else { Vec::new() };
+    let applied = if exists {
+        read_applied(client)?
+    } else {
+        Vec::new()
+    };
 
     let mut lines: Vec<StatusLine> = migrations
         .iter()
@@ -301,5 +361,7 @@ pub fn status(client: &mut Client, migrations: &[Migration]) -> Result<Vec<Statu
 /// True when every migration of this build is applied with a matching checksum.
 pub fn is_current(client: &mut Client, migrations: &[Migration]) -> Result<bool, MigrateError> {
     let lines = status(client, migrations)?;
-    Ok(lines.iter().all(|line| line.state == MigrationState::Applied))
+    Ok(lines
+        .iter()
+        .all(|line| line.state == MigrationState::Applied))
 }

@@ -55,17 +55,28 @@ impl ConnectParams {
 
     /// Returns the parameters for the runtime login.
     pub fn runtime(config: &Config) -> Result<ConnectParams, ConfigError> {
-        Ok(ConnectParams::new(config, &config.database.runtime, config.runtime_password()?))
+        Ok(ConnectParams::new(
+            config,
+            &config.database.runtime,
+            config.runtime_password()?,
+        ))
     }
 
     /// Returns the parameters for the migration login.
     pub fn migration(config: &Config) -> Result<ConnectParams, ConfigError> {
-        Ok(ConnectParams::new(config, config.migration_login(), config.migration_password()?))
+        Ok(ConnectParams::new(
+            config,
+            config.migration_login(),
+            config.migration_password()?,
+        ))
     }
 
     /// Returns the same parameters for another database on the same server.
     pub fn with_dbname(&self, dbname: &str) -> ConnectParams {
-        ConnectParams { dbname: dbname.to_owned(), ..self.clone() }
+        ConnectParams {
+            dbname: dbname.to_owned(),
+            ..self.clone()
+        }
     }
 
     fn postgres_config(&self) -> postgres::Config {
@@ -107,7 +118,8 @@ impl ConnectError {
     pub fn is_auth_failure(&self) -> bool {
         matches!(
             self.source.code(),
-            Some(&SqlState::INVALID_PASSWORD) | Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+            Some(&SqlState::INVALID_PASSWORD)
+                | Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
         )
     }
 }
@@ -148,7 +160,9 @@ pub fn connect(params: &ConnectParams, tls: Option<&TlsConnector>) -> Result<Cli
     let mut client = result.map_err(|source| connect_error(params, mode, source))?;
     if let Some(role) = &params.role {
         let statement = format!("SET ROLE {}", quote_identifier(role));
-        client.batch_execute(&statement).map_err(|source| connect_error(params, mode, source))?;
+        client
+            .batch_execute(&statement)
+            .map_err(|source| connect_error(params, mode, source))?;
     }
     Ok(client)
 }
@@ -191,7 +205,12 @@ impl SharedTls {
     /// Loads the files for `mode` and builds the first connector (generation 1).
     pub fn load(mode: SslMode, files: &TlsFiles) -> Result<SharedTls, TlsError> {
         let state = if mode == SslMode::Disable {
-            TlsState { connector: None, generation: 1, ca_fingerprint: None, client_fingerprint: None }
+            TlsState {
+                connector: None,
+                generation: 1,
+                ca_fingerprint: None,
+                client_fingerprint: None,
+            }
         } else {
             let material = TlsMaterial::load(files)?;
             TlsState {
@@ -201,7 +220,9 @@ impl SharedTls {
                 client_fingerprint: material.client_fingerprint(),
             }
         };
-        Ok(SharedTls { current: RwLock::new(Arc::new(state)) })
+        Ok(SharedTls {
+            current: RwLock::new(Arc::new(state)),
+        })
     }
 
     /// Loads the TLS files named in `config`.
@@ -216,7 +237,10 @@ impl SharedTls {
     }
 
     pub fn current(&self) -> Arc<TlsState> {
-        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Opens one session with the current TLS settings.
@@ -226,7 +250,7 @@ impl SharedTls {
 }
 
 /// True when `err` means the database is unreachable or refusing work for now, so the caller
-/// should answer 503 and the client may retry.
+/// should respond 503 and the client may retry.
 pub fn is_unavailable(err: &postgres::Error) -> bool {
     if err.is_closed() {
         return true;
@@ -241,6 +265,8 @@ pub fn is_unavailable(err: &postgres::Error) -> bool {
                 || *code == SqlState::T_R_DEADLOCK_DETECTED
         }
         // No SQLSTATE: an I/O failure on the socket means the server went away.
-        None => err.source().is_some_and(|cause| cause.is::<std::io::Error>()),
+        None => err
+            .source()
+            .is_some_and(|cause| cause.is::<std::io::Error>()),
     }
 }

@@ -25,7 +25,9 @@ pub struct PgConn {
 
 impl PgConn {
     /// Starts a transaction and returns it with the statement cache, borrowed side by side.
-    pub fn transaction(&mut self) -> Result<(Transaction<'_>, &mut StatementCache), postgres::Error> {
+    pub fn transaction(
+        &mut self,
+    ) -> Result<(Transaction<'_>, &mut StatementCache), postgres::Error> {
         let transaction = self.client.transaction()?;
         Ok((transaction, &mut self.statements))
     }
@@ -68,7 +70,11 @@ pub struct Manager {
 impl Manager {
     pub fn new(params: ConnectParams, tls: Arc<SharedTls>) -> Manager {
         let check_timeout = params.connect_timeout;
-        Manager { params, tls, check_timeout }
+        Manager {
+            params,
+            tls,
+            check_timeout,
+        }
     }
 }
 
@@ -79,18 +85,29 @@ impl ManageConnection for Manager {
     fn connect(&self) -> Result<PgConn, ConnectError> {
         let state = self.tls.current();
         let client = super::connect(&self.params, state.connector.as_ref())?;
-        Ok(PgConn { client, generation: state.generation, statements: StatementCache::default() })
+        Ok(PgConn {
+            client,
+            generation: state.generation,
+            statements: StatementCache::default(),
+        })
     }
 
     fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
-        conn.client.is_valid(self.check_timeout).map_err(|source| ConnectError {
-            host: self.params.host.clone(),
-            port: self.params.port,
-            user: self.params.user.clone(),
-            mode: self.tls.current().connector.as_ref().map_or(super::tls::SslMode::Disable, |c| c.mode()),
-            detail: "the pooled session failed its check-out test".to_owned(),
-            source,
-        })
+        conn.client
+            .is_valid(self.check_timeout)
+            .map_err(|source| ConnectError {
+                host: self.params.host.clone(),
+                port: self.params.port,
+                user: self.params.user.clone(),
+                mode: self
+                    .tls
+                    .current()
+                    .connector
+                    .as_ref()
+                    .map_or(super::tls::SslMode::Disable, |c| c.mode()),
+                detail: "the pooled session failed its check-out test".to_owned(),
+                source,
+            })
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {

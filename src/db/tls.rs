@@ -1,6 +1,6 @@
 //! TLS to PostgreSQL with libpq's `sslmode` meanings, built on OpenSSL.
 //!
-//! The `postgres` crate only knows disable, prefer and require, so ctrip builds the OpenSSL
+//! The `postgres` crate only supports disable, prefer and require, so ctrip builds the OpenSSL
 //! connector itself: `verify-full` checks the chain against `sslrootcert` alone (never the
 //! system store) and the host name or IP against the certificate's SAN, `verify-ca` checks the
 //! chain only, `require` encrypts without checking. TLS 1.2 is the minimum. The material is
@@ -20,7 +20,7 @@ use openssl::x509::X509;
 use postgres_openssl::MakeTlsConnector;
 use serde::Deserialize;
 
-/// How the connection to PostgreSQL is protected, named as libpq names it.
+/// The protection of the connection to PostgreSQL, with libpq's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SslMode {
     Disable,
@@ -79,9 +79,16 @@ impl<'de> Deserialize<'de> for SslMode {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid PEM {what}: {source}")]
-    Parse { path: PathBuf, what: &'static str, source: openssl::error::ErrorStack },
+    Parse {
+        path: PathBuf,
+        what: &'static str,
+        source: openssl::error::ErrorStack,
+    },
     #[error("{path} contains no certificate")]
     Empty { path: PathBuf },
     #[error(
@@ -133,16 +140,23 @@ impl TlsMaterial {
 
     /// Returns the SHA-256 fingerprint of the client certificate, if one is configured.
     pub fn client_fingerprint(&self) -> Option<String> {
-        self.client.as_ref().map(|identity| fingerprint(&identity.chain[0]))
+        self.client
+            .as_ref()
+            .map(|identity| fingerprint(&identity.chain[0]))
     }
 }
 
 fn fingerprint(cert: &X509) -> String {
-    cert.digest(MessageDigest::sha256()).map(|digest| hex::encode(&*digest)).unwrap_or_default()
+    cert.digest(MessageDigest::sha256())
+        .map(|digest| hex::encode(&*digest))
+        .unwrap_or_default()
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn read_certificates(path: &Path) -> Result<Vec<X509>, TlsError> {
@@ -153,7 +167,9 @@ fn read_certificates(path: &Path) -> Result<Vec<X509>, TlsError> {
         source,
     })?;
     if certs.is_empty() {
-        return Err(TlsError::Empty { path: path.to_owned() });
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
@@ -169,7 +185,10 @@ fn read_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, Tl
     })?;
     let public = chain[0].public_key()?;
     if !key.public_eq(&public) {
-        return Err(TlsError::KeyMismatch { cert: cert_path.to_owned(), key: key_path.to_owned() });
+        return Err(TlsError::KeyMismatch {
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
+        });
     }
     Ok(ClientIdentity { chain, key })
 }
@@ -177,12 +196,17 @@ fn read_identity(cert_path: &Path, key_path: &Path) -> Result<ClientIdentity, Tl
 /// Rejects a private key file that group or others can access, as libpq does: at most 0600,
 /// or 0640 when the file is owned by root.
 pub fn check_key_permissions(path: &Path) -> Result<(), TlsError> {
-    let metadata =
-        std::fs::metadata(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })?;
+    let metadata = std::fs::metadata(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     let mode = metadata.mode() & 0o777;
     let allowed = if metadata.uid() == 0 { 0o640 } else { 0o600 };
     if mode & !allowed != 0 {
-        return Err(TlsError::KeyPermissions { path: path.to_owned(), mode });
+        return Err(TlsError::KeyPermissions {
+            path: path.to_owned(),
+            mode,
+        });
     }
     Ok(())
 }
@@ -214,9 +238,16 @@ impl TlsConnector {
             builder.check_private_key()?;
         }
 
-        let verify = if mode == SslMode::Require { SslVerifyMode::NONE } else { SslVerifyMode::PEER };
+        let verify = if mode == SslMode::Require {
+            SslVerifyMode::NONE
+        } else {
+            SslVerifyMode::PEER
+        };
         builder.set_verify(verify);
-        Ok(TlsConnector { mode, connector: builder.build() })
+        Ok(TlsConnector {
+            mode,
+            connector: builder.build(),
+        })
     }
 
     pub fn mode(&self) -> SslMode {

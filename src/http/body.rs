@@ -21,7 +21,10 @@ pub fn read_json_bytes(request: &Request, limit: usize) -> Result<Vec<u8>, ApiEr
     if !media_type.eq_ignore_ascii_case("application/json") {
         return Err(ApiError::UnsupportedMediaType(content_type.to_owned()));
     }
-    if let Some(length) = request.header("Content-Length").and_then(|v| v.trim().parse::<usize>().ok()) {
+    if let Some(length) = request
+        .header("Content-Length")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
         if length > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
@@ -41,7 +44,9 @@ pub fn read_json_bytes(request: &Request, limit: usize) -> Result<Vec<u8>, ApiEr
 /// Parses `bytes` as JSON, mapping syntax errors to 400 with line and column.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::MalformedJson("the body is empty: send a JSON object".to_owned()));
+        return Err(ApiError::MalformedJson(
+            "the body is empty: send a JSON object".to_owned(),
+        ));
     }
     serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))
 }
@@ -62,7 +67,11 @@ impl BodySchema {
             .as_object()
             .map(|properties| properties.keys().cloned().collect())
             .unwrap_or_default();
-        BodySchema { schema, validator, fields }
+        BodySchema {
+            schema,
+            validator,
+            fields,
+        }
     }
 
     /// Validates `value`, returning the most useful error.
@@ -86,7 +95,10 @@ impl BodySchema {
                 let field = unexpected.first().cloned().unwrap_or_default();
                 FieldError::new(
                     &field,
-                    format!("unknown field {field:?}: expected one of {}", self.fields.join(", ")),
+                    format!(
+                        "unknown field {field:?}: expected one of {}",
+                        self.fields.join(", ")
+                    ),
                 )
             }
             ValidationErrorKind::Required { property } => {
@@ -109,7 +121,9 @@ impl BodySchema {
 /// Orders errors: unknown fields first, then missing ones, then by position in the body.
 fn rank(err: &ValidationError, body: &Value) -> (u8, usize) {
     let position = |field: &str| {
-        body.as_object().and_then(|map| map.keys().position(|key| key == field)).unwrap_or(usize::MAX)
+        body.as_object()
+            .and_then(|map| map.keys().position(|key| key == field))
+            .unwrap_or(usize::MAX)
     };
     match err.kind() {
         ValidationErrorKind::AdditionalProperties { .. } => (0, 0),
@@ -120,5 +134,9 @@ fn rank(err: &ValidationError, body: &Value) -> (u8, usize) {
 
 fn top_field(err: &ValidationError) -> String {
     let path = err.instance_path().to_string();
-    path.trim_start_matches('/').split('/').next().unwrap_or("").to_owned()
+    path.trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_owned()
 }

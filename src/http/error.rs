@@ -1,7 +1,7 @@
 //! The one error type at the HTTP edge and the JSON shape every error takes.
 //!
 //! Each variant maps to one status in [`ApiError::status`]. Client errors name the field or
-//! value and the fix; server errors say only what kind of failure it was, and the cause goes
+//! value and the fix; server errors state only the kind of failure, and the cause goes
 //! to the log with the request id.
 
 use rouille::Response;
@@ -70,16 +70,20 @@ impl ApiError {
             ApiError::MethodNotAllowed(allowed) => {
                 (format!("method not allowed here: use {allowed}"), None)
             }
-            ApiError::PayloadTooLarge(limit) => {
-                (format!("request body is larger than the limit of {limit} bytes"), None)
-            }
-            ApiError::UnsupportedMediaType(got) => (
-                format!("content type {got:?} is not supported: send Content-Type: application/json"),
+            ApiError::PayloadTooLarge(limit) => (
+                format!("request body is larger than the limit of {limit} bytes"),
                 None,
             ),
-            ApiError::Internal(_) => {
-                ("internal error: the server logged the cause with this request's id".to_owned(), None)
-            }
+            ApiError::UnsupportedMediaType(got) => (
+                format!(
+                    "content type {got:?} is not supported: send Content-Type: application/json"
+                ),
+                None,
+            ),
+            ApiError::Internal(_) => (
+                "internal error: the server logged the cause with this request's id".to_owned(),
+                None,
+            ),
             ApiError::Unavailable(_) => (
                 "the database is unavailable or busy: retry after the number of seconds in \
                  Retry-After"
@@ -124,7 +128,9 @@ impl ApiError {
 
 impl From<r2d2::Error> for ApiError {
     fn from(err: r2d2::Error) -> Self {
-        ApiError::Unavailable(format!("no database connection within the pool timeout: {err}"))
+        ApiError::Unavailable(format!(
+            "no database connection within the pool timeout: {err}"
+        ))
     }
 }
 

@@ -88,7 +88,9 @@ fn request_id(request: &Request) -> String {
         Some(id)
             if !id.is_empty()
                 && id.len() <= 128
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
         {
             id.to_owned()
         }
@@ -104,9 +106,9 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
     match segments.as_slice() {
         ["health"] => only_get(method).map(|()| Response::json(&json!({"status": "ok"}))),
         ["ready"] => only_get(method).map(|()| ready(app)),
-        ["api", "v1", "openapi.json"] => only_get(method).map(|()| {
-            Response::from_data("application/json", app.openapi.clone())
-        }),
+        ["api", "v1", "openapi.json"] => {
+            only_get(method).map(|()| Response::from_data("application/json", app.openapi.clone()))
+        }
         ["api", "v1", "payments"] => match method {
             "POST" => payments::create(app, request),
             "GET" => payments::list(app, request),
@@ -116,7 +118,9 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
             "GET" => payments::get(app, request, id),
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },
-        _ => Err(ApiError::NotFound(format!("no route for {path}: see /api/v1/openapi.json"))),
+        _ => Err(ApiError::NotFound(format!(
+            "no route for {path}: see /api/v1/openapi.json"
+        ))),
     }
 }
 
@@ -127,7 +131,7 @@ fn only_get(method: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Reports 200 when a pooled session answers and every migration is applied, else 503.
+/// Returns 200 when a pooled session responds and every migration is applied, else 503.
 fn ready(app: &App) -> Response {
     let tls = app.tls.current();
     let tls_json = json!({
@@ -136,7 +140,10 @@ fn ready(app: &App) -> Response {
         "client_sha256": tls.client_fingerprint,
     });
     let check = || -> Result<bool, String> {
-        let mut conn = app.pool.get().map_err(|err| format!("no database connection: {err}"))?;
+        let mut conn = app
+            .pool
+            .get()
+            .map_err(|err| format!("no database connection: {err}"))?;
         let (client, _) = conn.parts();
         migrate::is_current(client, &app.migrations).map_err(|err| err.to_string())
     };
@@ -182,14 +189,20 @@ impl Server {
                 server.join();
             })
             .map_err(|err| format!("cannot start the HTTP thread: {err}"))?;
-        Ok(Server { addr, stop, thread: Some(thread) })
+        Ok(Server {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     /// Stops accepting and waits up to `timeout` for in-flight requests to finish.
     /// Returns false when they did not finish in time.
     pub fn stop(mut self, timeout: Duration) -> bool {
         self.stop.store(true, Ordering::SeqCst);
-        let Some(thread) = self.thread.take() else { return true };
+        let Some(thread) = self.thread.take() else {
+            return true;
+        };
         let deadline = Instant::now() + timeout;
         while !thread.is_finished() {
             if Instant::now() >= deadline {

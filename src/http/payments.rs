@@ -28,16 +28,21 @@ pub fn create(app: &App, request: &Request) -> Result<Response, ApiError> {
     let payment = store::create(&mut conn, &app.wallet, &new_payment).map_err(store_error)?;
 
     let location = format!("/api/v1/payments/{}", payment.id);
-    Ok(Response::json(&payment).with_status_code(201).with_additional_header("Location", location))
+    Ok(Response::json(&payment)
+        .with_status_code(201)
+        .with_additional_header("Location", location))
 }
 
 fn parse_create(app: &App, bytes: &[u8]) -> Result<NewPayment, ApiError> {
     let value = body::parse_json(bytes)?;
-    app.create_payment_schema.validate(&value).map_err(ApiError::Validation)?;
+    app.create_payment_schema
+        .validate(&value)
+        .map_err(ApiError::Validation)?;
     let amount_json = value.get("amount").cloned().unwrap_or_default();
     let parsed: CreatePaymentRequest = serde_json::from_value(value)
         .map_err(|err| ApiError::Validation(FieldError::new("", err.to_string())))?;
-    NewPayment::parse(parsed, &amount_json, &app.chains, &app.payments).map_err(ApiError::Validation)
+    NewPayment::parse(parsed, &amount_json, &app.chains, &app.payments)
+        .map_err(ApiError::Validation)
 }
 
 /// `GET /api/v1/payments/{id}`: 200, or 404 for an unknown or malformed id.

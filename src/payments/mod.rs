@@ -33,7 +33,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: &str, message: impl Into<String>) -> FieldError {
-        FieldError { field: field.to_owned(), message: message.into() }
+        FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -96,26 +99,38 @@ impl Amount {
     pub fn parse(text: &str) -> Result<Amount, FieldError> {
         let invalid = |why: &str| FieldError::new("amount", format!("{text:?} {why}"));
         if text.is_empty() {
-            return Err(invalid("is empty: send the amount in base units, such as \"1500000\""));
+            return Err(invalid(
+                "is empty: send the amount in base units, such as \"1500000\"",
+            ));
         }
         if text.starts_with('-') {
             return Err(invalid("is negative: amounts are 1 or more base units"));
         }
-        if text.contains(['.', 'e', 'E']) && text.chars().all(|c| c.is_ascii_digit() || ".eE+".contains(c)) {
+        if text.contains(['.', 'e', 'E'])
+            && text
+                .chars()
+                .all(|c| c.is_ascii_digit() || ".eE+".contains(c))
+        {
             return Err(invalid(
                 "is not a whole number: send base units (wei, lamports, token units) without a \
                  decimal point",
             ));
         }
         if !text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(invalid("is not a number: send base units as decimal digits"));
+            return Err(invalid(
+                "is not a number: send base units as decimal digits",
+            ));
         }
         let digits = text.trim_start_matches('0');
         if digits.is_empty() {
             return Err(invalid("is zero: amounts are 1 or more base units"));
         }
-        if digits.len() > MAX_AMOUNT.len() || (digits.len() == MAX_AMOUNT.len() && digits > MAX_AMOUNT) {
-            return Err(invalid("is above 2^256-1, the largest amount a token can hold"));
+        if digits.len() > MAX_AMOUNT.len()
+            || (digits.len() == MAX_AMOUNT.len() && digits > MAX_AMOUNT)
+        {
+            return Err(invalid(
+                "is above 2^256-1, the largest amount a token can hold",
+            ));
         }
         Ok(Amount(digits.to_owned()))
     }
@@ -129,7 +144,10 @@ impl Amount {
                     return Amount::parse(&unsigned.to_string());
                 }
                 if number.as_i64().is_some_and(|signed| signed < 0) {
-                    return Err(FieldError::new("amount", format!("{number} is negative: amounts are 1 or more base units")));
+                    return Err(FieldError::new(
+                        "amount",
+                        format!("{number} is negative: amounts are 1 or more base units"),
+                    ));
                 }
                 Err(FieldError::new(
                     "amount",
@@ -139,10 +157,16 @@ impl Amount {
                     ),
                 ))
             }
-            serde_json::Value::Null => Err(FieldError::new("amount", "is required: send base units as a decimal string")),
+            serde_json::Value::Null => Err(FieldError::new(
+                "amount",
+                "is required: send base units as a decimal string",
+            )),
             other => Err(FieldError::new(
                 "amount",
-                format!("must be a decimal string or an integer, not {}", json_type(other)),
+                format!(
+                    "must be a decimal string or an integer, not {}",
+                    json_type(other)
+                ),
             )),
         }
     }
@@ -187,7 +211,11 @@ impl NewPayment {
         let chain = chains.get(&request.chain).ok_or_else(|| {
             FieldError::new(
                 "chain",
-                format!("unknown chain {:?}: expected one of {}", request.chain, chains.names().join(", ")),
+                format!(
+                    "unknown chain {:?}: expected one of {}",
+                    request.chain,
+                    chains.names().join(", ")
+                ),
             )
         })?;
         let token = match &request.token {
@@ -212,12 +240,21 @@ impl NewPayment {
         let expires_in_s = parse_expires_in(request.expires_in, limits)?;
         let reference = request.reference.map(parse_reference).transpose()?;
         let metadata = parse_metadata(request.metadata)?;
-        Ok(NewPayment { chain: chain.clone(), token, amount, expires_in_s, reference, metadata })
+        Ok(NewPayment {
+            chain: chain.clone(),
+            token,
+            amount,
+            expires_in_s,
+            reference,
+            metadata,
+        })
     }
 
     /// Returns the decimals of the asset paid in: the token's, or the native coin's.
     pub fn decimals(&self) -> u8 {
-        self.token.as_ref().map_or(self.chain.decimals, |(_, decimals)| *decimals)
+        self.token
+            .as_ref()
+            .map_or(self.chain.decimals, |(_, decimals)| *decimals)
     }
 }
 
@@ -237,10 +274,16 @@ fn parse_expires_in(value: Option<u32>, limits: &PaymentsConfig) -> Result<u32, 
 
 fn parse_reference(reference: String) -> Result<String, FieldError> {
     if reference.chars().any(char::is_control) {
-        return Err(FieldError::new("reference", "contains control characters: use printable text"));
+        return Err(FieldError::new(
+            "reference",
+            "contains control characters: use printable text",
+        ));
     }
     if reference.trim().is_empty() {
-        return Err(FieldError::new("reference", "is blank: omit it or send a non-empty identifier"));
+        return Err(FieldError::new(
+            "reference",
+            "is blank: omit it or send a non-empty identifier",
+        ));
     }
     Ok(reference)
 }
@@ -260,8 +303,15 @@ fn parse_metadata(
 }
 
 /// Lifecycle state of a payment.
-pub const STATUSES: &[&str] =
-    &["pending", "detected", "confirmed", "paid", "expired", "failed", "settled"];
+pub const STATUSES: &[&str] = &[
+    "pending",
+    "detected",
+    "confirmed",
+    "paid",
+    "expired",
+    "failed",
+    "settled",
+];
 
 /// A payment as the API returns it.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -327,7 +377,10 @@ impl ListQuery {
             Some(s) => {
                 return Err(FieldError::new(
                     "status",
-                    format!("unknown status {s:?}: expected one of {}", STATUSES.join(", ")),
+                    format!(
+                        "unknown status {s:?}: expected one of {}",
+                        STATUSES.join(", ")
+                    ),
                 ))
             }
         };
@@ -338,7 +391,9 @@ impl ListQuery {
                 _ => {
                     return Err(FieldError::new(
                         "limit",
-                        format!("{text:?} is invalid: expected a whole number from 1 to {MAX_PAGE_SIZE}"),
+                        format!(
+                        "{text:?} is invalid: expected a whole number from 1 to {MAX_PAGE_SIZE}"
+                    ),
                     ))
                 }
             },
@@ -352,7 +407,11 @@ impl ListQuery {
                 )
             })?),
         };
-        Ok(ListQuery { status, limit, starting_after })
+        Ok(ListQuery {
+            status,
+            limit,
+            starting_after,
+        })
     }
 }
 
@@ -369,7 +428,8 @@ mod tests {
 
     #[test]
     fn amount_rejects_out_of_range_and_garbage() {
-        let above = "115792089237316195423570985008687907853269984665640564039457584007913129639936";
+        let above =
+            "115792089237316195423570985008687907853269984665640564039457584007913129639936";
         let cases = [
             ("0", "is zero"),
             ("000", "is zero"),
@@ -379,29 +439,67 @@ mod tests {
             ("12abc", "not a number"),
             ("", "is empty"),
             (above, "above 2^256-1"),
-            ("1000000000000000000000000000000000000000000000000000000000000000000000000000000", "above 2^256-1"),
+            (
+                "1000000000000000000000000000000000000000000000000000000000000000000000000000000",
+                "above 2^256-1",
+            ),
         ];
         for (input, expected) in cases {
             let err = Amount::parse(input).unwrap_err();
             assert_eq!(err.field, "amount", "input {input:?}");
-            assert!(err.message.contains(expected), "input {input:?}: message {:?}", err.message);
+            assert!(
+                err.message.contains(expected),
+                "input {input:?}: message {:?}",
+                err.message
+            );
         }
     }
 
     #[test]
     fn amount_from_json_numbers() {
-        assert_eq!(Amount::from_json(&serde_json::json!(1500000)).unwrap().as_str(), "1500000");
-        assert!(Amount::from_json(&serde_json::json!(-1)).unwrap_err().message.contains("negative"));
-        assert!(Amount::from_json(&serde_json::json!(1.5)).unwrap_err().message.contains("decimal string"));
-        assert!(Amount::from_json(&serde_json::json!(true)).unwrap_err().message.contains("a boolean"));
+        assert_eq!(
+            Amount::from_json(&serde_json::json!(1500000))
+                .unwrap()
+                .as_str(),
+            "1500000"
+        );
+        assert!(Amount::from_json(&serde_json::json!(-1))
+            .unwrap_err()
+            .message
+            .contains("negative"));
+        assert!(Amount::from_json(&serde_json::json!(1.5))
+            .unwrap_err()
+            .message
+            .contains("decimal string"));
+        assert!(Amount::from_json(&serde_json::json!(true))
+            .unwrap_err()
+            .message
+            .contains("a boolean"));
     }
 
     #[test]
     fn list_query_rejects_bad_values() {
-        assert_eq!(ListQuery::parse(Some("done"), None, None).unwrap_err().field, "status");
-        assert_eq!(ListQuery::parse(None, Some("0"), None).unwrap_err().field, "limit");
-        assert_eq!(ListQuery::parse(None, Some("101"), None).unwrap_err().field, "limit");
-        assert_eq!(ListQuery::parse(None, None, Some("x")).unwrap_err().field, "starting_after");
-        assert_eq!(ListQuery::parse(None, None, None).unwrap().limit, DEFAULT_PAGE_SIZE);
+        assert_eq!(
+            ListQuery::parse(Some("done"), None, None)
+                .unwrap_err()
+                .field,
+            "status"
+        );
+        assert_eq!(
+            ListQuery::parse(None, Some("0"), None).unwrap_err().field,
+            "limit"
+        );
+        assert_eq!(
+            ListQuery::parse(None, Some("101"), None).unwrap_err().field,
+            "limit"
+        );
+        assert_eq!(
+            ListQuery::parse(None, None, Some("x")).unwrap_err().field,
+            "starting_after"
+        );
+        assert_eq!(
+            ListQuery::parse(None, None, None).unwrap().limit,
+            DEFAULT_PAGE_SIZE
+        );
     }
 }

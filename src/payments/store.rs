@@ -12,7 +12,7 @@ use super::{format_time, ListQuery, NewPayment, Payment, PaymentList};
 use crate::db::pool::PgConn;
 use crate::wallet::{DeriveError, Family, Wallet};
 
-/// Why a payment could not be stored or read.
+/// A failure to store or read a payment.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
@@ -145,10 +145,19 @@ pub fn list(conn: &mut PgConn, query: &ListQuery) -> Result<PaymentList, StoreEr
     let statement = statements.get(client, LIST_PAYMENTS)?;
     let rows = client.query(
         &statement,
-        &[&query.status, &cursor, &query.starting_after, &(query.limit + 1)],
+        &[
+            &query.status,
+            &cursor,
+            &query.starting_after,
+            &(query.limit + 1),
+        ],
     )?;
     let has_more = rows.len() as i64 > query.limit;
-    let data = rows.iter().take(query.limit as usize).map(payment_from_row).collect();
+    let data = rows
+        .iter()
+        .take(query.limit as usize)
+        .map(payment_from_row)
+        .collect();
     Ok(PaymentList { data, has_more })
 }
 
@@ -173,5 +182,7 @@ fn payment_from_row(row: &Row) -> Payment {
 
 /// Counts payments; used by tests and the CLI.
 pub fn count(client: &mut impl GenericClient) -> Result<i64, postgres::Error> {
-    Ok(client.query_one("SELECT count(*) FROM ctrip.payments", &[])?.get(0))
+    Ok(client
+        .query_one("SELECT count(*) FROM ctrip.payments", &[])?
+        .get(0))
 }

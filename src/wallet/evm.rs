@@ -1,6 +1,6 @@
 //! EVM deposit addresses on the BIP44 path `m/44'/60'/0'/0/{index}`.
 //!
-//! Invariant: [`EvmAccount`] holds only the extended public key of
+//! Invariant: [`EvmAccount`] contains only the extended public key of
 //! `m/44'/60'/0'/0`, prepared once from the seed, so deriving an address is a
 //! single non-hardened public derivation (CKDpub) and no private key is kept.
 
@@ -19,8 +19,9 @@ pub(super) struct EvmAccount {
 
 impl EvmAccount {
     /// Derives `m/44'/60'/0'/0` from a BIP39 seed with private derivation.
-    /// The intermediate private keys are dropped (and zeroized by k256)
-    /// before this returns.
+    /// The intermediate private scalars are zeroized when dropped, by the
+    /// `Drop` of ecdsa 0.17's `SigningKey`, before this returns.
+    // NOTE: bip32 0.6 does not zeroize the intermediate chain codes.
     pub(super) fn from_seed(seed: &[u8]) -> Result<EvmAccount, bip32::Error> {
         let steps = [
             ChildNumber::new(44, true)?,

@@ -1,6 +1,6 @@
 //! BIP39 mnemonic parsing and seed generation for the English word list.
 //!
-//! Invariant: a [`Mnemonic`] always holds a phrase with a valid word count,
+//! Invariant: a [`Mnemonic`] always contains a phrase with a valid word count,
 //! known words and a matching checksum. Neither it, its errors nor a
 //! [`Seed`] ever print a word or a seed byte, and both zeroize their secret
 //! bytes on drop.

@@ -101,7 +101,7 @@ pub enum DeriveError {
 }
 
 /// Account-level keys for every family, prepared once from the seed. It
-/// holds the EVM account extended public key and the Solana `m/44'/501'`
+/// contains the EVM account extended public key and the Solana `m/44'/501'`
 /// private node, so its `Debug` output is `Wallet(redacted)`.
 #[derive(Clone)]
 pub struct Wallet {

@@ -7,7 +7,7 @@
 //! `0x00 || parent key || ser32(index + 2^31)`, whose left half is the child
 //! key and right half the child chain code.
 //!
-//! Invariant: [`SolanaAccount`] holds the `m/44'/501'` node, prepared once
+//! Invariant: [`SolanaAccount`] contains the `m/44'/501'` node, prepared once
 //! from the seed, so an address costs two hardened steps. Every private key
 //! and chain code lives in a [`Zeroizing`] buffer and is never printed.
 

@@ -18,12 +18,18 @@ fn health_and_ready_are_ok() {
 #[test]
 fn ready_is_503_when_migrations_missing() {
     let app = TestApp::start();
-    app.db.owner().execute("DELETE FROM ctrip.schema_migrations", &[]).unwrap();
+    app.db
+        .owner()
+        .execute("DELETE FROM ctrip.schema_migrations", &[])
+        .unwrap();
 
     let ready = app.request("GET", "/ready", None, &[]);
 
     assert_eq!(ready.status, 503);
-    assert!(ready.json["reason"].as_str().unwrap().contains("ctrip migrate"));
+    assert!(ready.json["reason"]
+        .as_str()
+        .unwrap()
+        .contains("ctrip migrate"));
 }
 
 #[test]
@@ -32,7 +38,12 @@ fn unknown_route_is_404_and_wrong_method_405() {
     let auth = format!("Bearer {}", app.key);
 
     let missing = app.request("GET", "/api/v1/refunds", None, &[("Authorization", &auth)]);
-    let delete = app.request("DELETE", "/api/v1/payments", None, &[("Authorization", &auth)]);
+    let delete = app.request(
+        "DELETE",
+        "/api/v1/payments",
+        None,
+        &[("Authorization", &auth)],
+    );
 
     assert_eq!(missing.status, 404);
     assert_eq!(missing.error().0, "not_found");
@@ -65,9 +76,16 @@ fn request_logged_once_with_id() {
     app.request("GET", "/health", None, &[("X-Request-Id", &request_id)]);
 
     let log = crate::harness::captured_log();
-    let lines: Vec<&str> = log.lines().filter(|line| line.contains(&request_id)).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(&request_id))
+        .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("method=GET path=/health status=200 elapsed_ms="), "{}", lines[0]);
+    assert!(
+        lines[0].contains("method=GET path=/health status=200 elapsed_ms="),
+        "{}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -80,8 +98,15 @@ fn openapi_document_uses_schemars_schemas() {
     assert_eq!(reply.json["openapi"], "3.1.0");
     let request_schema = &reply.json["components"]["schemas"]["CreatePaymentRequest"];
     assert_eq!(request_schema["additionalProperties"], false);
-    let required: Vec<&str> = request_schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let required: Vec<&str> = request_schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(required, ["chain", "amount"]);
-    assert!(reply.json["components"]["schemas"]["Payment"]["properties"]["derivation_path"].is_object());
+    assert!(
+        reply.json["components"]["schemas"]["Payment"]["properties"]["derivation_path"].is_object()
+    );
     assert!(reply.json["paths"]["/api/v1/payments"]["post"].is_object());
 }

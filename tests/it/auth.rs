@@ -3,7 +3,10 @@
 use crate::harness::{captured_log, create_api_key, TestApp};
 
 fn get_with(app: &TestApp, authorization: Option<&str>) -> crate::harness::Reply {
-    let headers: Vec<(&str, &str)> = authorization.map(|value| ("Authorization", value)).into_iter().collect();
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|value| ("Authorization", value))
+        .into_iter()
+        .collect();
     app.request("GET", "/api/v1/payments", None, &headers)
 }
 
@@ -15,7 +18,10 @@ fn missing_key_is_401_with_challenge() {
 
     assert_eq!(reply.status, 401);
     assert_eq!(reply.error().0, "unauthorized");
-    assert!(reply.header("WWW-Authenticate").unwrap().starts_with("Bearer"));
+    assert!(reply
+        .header("WWW-Authenticate")
+        .unwrap()
+        .starts_with("Bearer"));
 }
 
 #[test]
@@ -38,7 +44,14 @@ fn malformed_and_unknown_keys_are_401() {
         let reply = get_with(&app, Some(&value));
 
         assert_eq!(reply.status, 401, "{header}");
-        assert!(reply.json["error"]["message"].as_str().unwrap().starts_with(kind), "{header}: {}", reply.text);
+        assert!(
+            reply.json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(kind),
+            "{header}: {}",
+            reply.text
+        );
     }
 }
 
@@ -46,27 +59,43 @@ fn malformed_and_unknown_keys_are_401() {
 fn revoked_key_is_401() {
     let app = TestApp::start();
     let before = get_with(&app, Some(&format!("Bearer {}", app.key)));
-    let id: uuid::Uuid = app.db.owner().query_one("SELECT id FROM ctrip.api_keys", &[]).unwrap().get(0);
+    let id: uuid::Uuid = app
+        .db
+        .owner()
+        .query_one("SELECT id FROM ctrip.api_keys", &[])
+        .unwrap()
+        .get(0);
     ctrip::apikeys::revoke(&mut app.db.owner(), id).unwrap();
 
     let after = get_with(&app, Some(&format!("Bearer {}", app.key)));
 
     assert_eq!(before.status, 200);
     assert_eq!(after.status, 401);
-    assert!(after.json["error"]["message"].as_str().unwrap().starts_with("revoked"));
+    assert!(after.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("revoked"));
 }
 
 #[test]
 fn revoke_twice_and_unknown_fail() {
     let app = TestApp::start();
-    let id: uuid::Uuid = app.db.owner().query_one("SELECT id FROM ctrip.api_keys", &[]).unwrap().get(0);
+    let id: uuid::Uuid = app
+        .db
+        .owner()
+        .query_one("SELECT id FROM ctrip.api_keys", &[])
+        .unwrap()
+        .get(0);
     ctrip::apikeys::revoke(&mut app.db.owner(), id).unwrap();
 
     let twice = ctrip::apikeys::revoke(&mut app.db.owner(), id).unwrap_err();
     let unknown = ctrip::apikeys::revoke(&mut app.db.owner(), uuid::Uuid::nil()).unwrap_err();
 
     assert!(twice.to_string().contains("already revoked"), "{twice}");
-    assert!(unknown.to_string().contains("no API key with id"), "{unknown}");
+    assert!(
+        unknown.to_string().contains("no API key with id"),
+        "{unknown}"
+    );
 }
 
 #[test]
@@ -79,7 +108,10 @@ fn failure_logged_with_prefix_never_key() {
 
     let log = captured_log();
     let prefix = &app.key[..14];
-    assert!(log.contains(&format!("authentication failed: key_prefix={prefix}")), "no warn line with the prefix");
+    assert!(
+        log.contains(&format!("authentication failed: key_prefix={prefix}")),
+        "no warn line with the prefix"
+    );
     assert!(!log.contains(&app.key), "the valid key reached the log");
     assert!(!log.contains(&wrong), "the presented key reached the log");
 }
@@ -89,7 +121,11 @@ fn key_stored_as_hash_only() {
     let app = TestApp::start();
     let second = create_api_key(&app.db, "second");
 
-    let rows = app.db.owner().query("SELECT prefix, key_hash FROM ctrip.api_keys", &[]).unwrap();
+    let rows = app
+        .db
+        .owner()
+        .query("SELECT prefix, key_hash FROM ctrip.api_keys", &[])
+        .unwrap();
 
     assert_eq!(rows.len(), 2);
     for row in rows {
@@ -105,7 +141,11 @@ fn last_used_at_set_on_use() {
 
     get_with(&app, Some(&format!("Bearer {}", app.key)));
 
-    let used: Option<chrono::DateTime<chrono::Utc>> =
-        app.db.owner().query_one("SELECT last_used_at FROM ctrip.api_keys", &[]).unwrap().get(0);
+    let used: Option<chrono::DateTime<chrono::Utc>> = app
+        .db
+        .owner()
+        .query_one("SELECT last_used_at FROM ctrip.api_keys", &[])
+        .unwrap()
+        .get(0);
     assert!(used.is_some());
 }

@@ -38,7 +38,10 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub fn start(db: &TestDb) -> ServerProcess {
         let config = write_config(&base_config(db));
-        let log_path = cluster().dir.join("logs").join(format!("serve-{}.log", uuid::Uuid::new_v4().simple()));
+        let log_path = cluster()
+            .dir
+            .join("logs")
+            .join(format!("serve-{}.log", uuid::Uuid::new_v4().simple()));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_ctrip"))
             .arg("--config")
@@ -55,7 +58,11 @@ impl ServerProcess {
 
     /// Sends SIGTERM and returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         self.child.wait().unwrap().code()
     }
 }
@@ -74,7 +81,10 @@ fn wait_for_listen(log_path: &PathBuf) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("ctrip serve did not start within 30 s; see {}", log_path.display());
+    panic!(
+        "ctrip serve did not start within 30 s; see {}",
+        log_path.display()
+    );
 }
 
 #[test]
@@ -87,9 +97,21 @@ fn migrate_applies_then_reports_current() {
     let status = ctrip(&config, &["migrate", "status"]);
 
     assert!(first.status.success(), "{}", stderr(&first));
-    assert!(stdout(&first).contains("applied 0001_payments"), "{}", stdout(&first));
-    assert!(stdout(&second).contains("migrations are current"), "{}", stdout(&second));
-    assert!(stdout(&status).contains("0001     applied  payments"), "{}", stdout(&status));
+    assert!(
+        stdout(&first).contains("applied 0001_payments"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(
+        stdout(&second).contains("migrations are current"),
+        "{}",
+        stdout(&second)
+    );
+    assert!(
+        stdout(&status).contains("0001     applied  payments"),
+        "{}",
+        stdout(&status)
+    );
 }
 
 #[test]
@@ -97,16 +119,27 @@ fn edited_migration_stops_startup() {
     let db = TestDb::create();
     let config = write_config(&base_config(&db));
     assert!(ctrip(&config, &["migrate"]).status.success());
-    db.owner().execute("UPDATE ctrip.schema_migrations SET checksum = 'f00d' WHERE version = 1", &[]).unwrap();
+    db.owner()
+        .execute(
+            "UPDATE ctrip.schema_migrations SET checksum = 'f00d' WHERE version = 1",
+            &[],
+        )
+        .unwrap();
 
     let serve = ctrip(&config, &["serve"]);
     let status = ctrip(&config, &["migrate", "status"]);
 
     assert_eq!(serve.status.code(), Some(1));
     let message = stderr(&serve);
-    let error_lines: Vec<&str> = message.lines().filter(|line| line.starts_with("error: ")).collect();
+    let error_lines: Vec<&str> = message
+        .lines()
+        .filter(|line| line.starts_with("error: "))
+        .collect();
     assert_eq!(error_lines.len(), 1, "{message}");
-    assert!(error_lines[0].contains("migration 0001 (payments) was edited"), "{message}");
+    assert!(
+        error_lines[0].contains("migration 0001 (payments) was edited"),
+        "{message}"
+    );
     assert_eq!(status.status.code(), Some(1));
     assert!(stdout(&status).contains("DRIFTED"), "{}", stdout(&status));
 }
@@ -119,7 +152,13 @@ fn api_key_create_list_revoke() {
 
     let created = ctrip(&config, &["api-key", "create", "--name", "shop"]);
     let text = stdout(&created);
-    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim().to_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
     let (id, key) = (field("id:"), field("key:"));
     crate::harness::record_api_key(&key);
     let revoked = ctrip(&config, &["api-key", "revoke", &id]);
@@ -135,7 +174,11 @@ fn api_key_create_list_revoke() {
     let columns: Vec<&str> = row.split_whitespace().collect();
     assert_ne!(columns[4], "-", "revoked time missing: {row}");
     assert_eq!(bad_id.status.code(), Some(1));
-    assert!(stderr(&bad_id).contains("\"nope\" is not an API key id"), "{}", stderr(&bad_id));
+    assert!(
+        stderr(&bad_id).contains("\"nope\" is not an API key id"),
+        "{}",
+        stderr(&bad_id)
+    );
 }
 
 #[test]
@@ -156,11 +199,23 @@ fn unknown_config_key_named() {
 
 #[test]
 fn help_available_everywhere() {
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["migrate", "--help"], vec!["api-key", "create", "--help"]] {
-        let output = Command::new(env!("CARGO_BIN_EXE_ctrip")).args(&args).output().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["migrate", "--help"],
+        vec!["api-key", "create", "--help"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ctrip"))
+            .args(&args)
+            .output()
+            .unwrap();
 
         assert!(output.status.success(), "{args:?}");
-        assert!(stdout(&output).contains("Usage: ctrip"), "{args:?}: {}", stdout(&output));
+        assert!(
+            stdout(&output).contains("Usage: ctrip"),
+            "{args:?}: {}",
+            stdout(&output)
+        );
     }
 }
 

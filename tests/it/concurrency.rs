@@ -3,10 +3,15 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 
-use crate::harness::{create_api_key, send, TestApp, TestDb};
 use crate::cli::ServerProcess;
+use crate::harness::{create_api_key, send, TestApp, TestDb};
 
-fn create_many(base: &str, key: &str, count: usize, barrier: Arc<Barrier>) -> Vec<std::thread::JoinHandle<u16>> {
+fn create_many(
+    base: &str,
+    key: &str,
+    count: usize,
+    barrier: Arc<Barrier>,
+) -> Vec<std::thread::JoinHandle<u16>> {
     (0..count)
         .map(|i| {
             let (base, key, barrier) = (base.to_owned(), key.to_owned(), barrier.clone());
@@ -15,7 +20,17 @@ fn create_many(base: &str, key: &str, count: usize, barrier: Arc<Barrier>) -> Ve
                 let chain = if i % 4 == 0 { "solana" } else { "ethereum" };
                 let body = format!(r#"{{"chain": "{chain}", "amount": "{}"}}"#, i + 1);
                 barrier.wait();
-                send(&base, "POST", "/api/v1/payments", Some(&body), &[("Authorization", &auth), ("Content-Type", "application/json")]).status
+                send(
+                    &base,
+                    "POST",
+                    "/api/v1/payments",
+                    Some(&body),
+                    &[
+                        ("Authorization", &auth),
+                        ("Content-Type", "application/json"),
+                    ],
+                )
+                .status
             })
         })
         .collect()
@@ -40,14 +55,20 @@ fn parallel_creates_get_distinct_addresses() {
     let app = TestApp::start();
     let barrier = Arc::new(Barrier::new(64));
 
-    let statuses: Vec<u16> = create_many(&app.base, &app.key, 64, barrier).into_iter().map(|h| h.join().unwrap()).collect();
+    let statuses: Vec<u16> = create_many(&app.base, &app.key, 64, barrier)
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
 
     assert!(statuses.iter().all(|&s| s == 201), "{statuses:?}");
     assert_all_distinct(&app.db, 64);
     let max_evm: i32 = app
         .db
         .owner()
-        .query_one("SELECT max(derivation_index) FROM ctrip.deposit_addresses WHERE family = 'evm'", &[])
+        .query_one(
+            "SELECT max(derivation_index) FROM ctrip.deposit_addresses WHERE family = 'evm'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(max_evm, 47);

@@ -73,13 +73,19 @@ impl Cluster {
 
     /// Opens a verify-full session as `login`.
     pub fn connect(&self, login: &str, dbname: &str) -> postgres::Client {
-        ctrip::db::connect(&self.params(login, dbname), Some(&self.connector(SslMode::VerifyFull)))
-            .unwrap_or_else(|err| panic!("{err}"))
+        ctrip::db::connect(
+            &self.params(login, dbname),
+            Some(&self.connector(SslMode::VerifyFull)),
+        )
+        .unwrap_or_else(|err| panic!("{err}"))
     }
 
     /// Writes `text` to a new file in the run directory with `mode`, returning its path.
     pub fn write_file(&self, name: &str, text: &str, mode: u32) -> PathBuf {
-        let path = self.dir.join("files").join(format!("{}-{name}", uuid::Uuid::new_v4().simple()));
+        let path = self
+            .dir
+            .join("files")
+            .join(format!("{}-{name}", uuid::Uuid::new_v4().simple()));
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, text).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
@@ -123,7 +129,9 @@ impl TestDb {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut admin = cluster.connect("ctrip_admin", "postgres");
         // CREATE DATABASE cannot share a batch (an implicit transaction) with other statements.
-        admin.batch_execute(&format!("CREATE DATABASE {name} OWNER ctrip_owner")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} OWNER ctrip_owner"))
+            .unwrap();
         admin
             .batch_execute(&format!(
                 "REVOKE ALL ON DATABASE {name} FROM PUBLIC;
@@ -139,11 +147,6 @@ impl TestDb {
         let mut params = cluster.params("ctrip_migrator", &self.name);
         params.role = Some("ctrip_owner".to_owned());
         ctrip::db::connect(&params, Some(&cluster.connector(SslMode::VerifyFull))).unwrap()
-    }
-
-    /// Opens a session as the runtime login.
-    pub fn runtime(&self) -> postgres::Client {
-        cluster().connect("ctrip_runtime", &self.name)
     }
 
     pub fn count(&self, table: &str) -> i64 {
@@ -162,7 +165,7 @@ impl Drop for TestDb {
     }
 }
 
-/// The config of a test server for `db`, as a TOML table tests can edit before starting.
+/// Builds the config of a test server for `db`, as a TOML table tests can edit before starting.
 pub fn base_config(db: &TestDb) -> toml::Table {
     let cluster = cluster();
     let mnemonic = cluster.dir.join("secrets").join("mnemonic");
@@ -252,7 +255,6 @@ pub struct TestApp {
     pub db: TestDb,
     pub base: String,
     pub key: String,
-    pub config: Config,
 }
 
 impl TestApp {
@@ -269,7 +271,12 @@ impl TestApp {
         let running = serve::start(&config).unwrap_or_else(|err| panic!("{err:#}"));
         let base = format!("http://{}", running.server.addr);
         let key = create_api_key(&db, "test");
-        TestApp { running: Some(running), db, base, key, config }
+        TestApp {
+            running: Some(running),
+            db,
+            base,
+            key,
+        }
     }
 
     pub fn running(&self) -> &Running {
@@ -277,7 +284,12 @@ impl TestApp {
     }
 
     pub fn get(&self, path: &str) -> Reply {
-        self.request("GET", path, None, &[("Authorization", &format!("Bearer {}", self.key))])
+        self.request(
+            "GET",
+            path,
+            None,
+            &[("Authorization", &format!("Bearer {}", self.key))],
+        )
     }
 
     pub fn post(&self, path: &str, body: &str) -> Reply {
@@ -286,12 +298,21 @@ impl TestApp {
             "POST",
             path,
             Some(body),
-            &[("Authorization", &auth), ("Content-Type", "application/json")],
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
         )
     }
 
     /// Sends any request; never fails on an HTTP error status.
-    pub fn request(&self, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Reply {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
         send(&self.base, method, path, body, headers)
     }
 }
@@ -341,13 +362,24 @@ impl Reply {
     /// Returns `error.code`, `error.field` of an error body.
     pub fn error(&self) -> (&str, Option<&str>) {
         let error = &self.json["error"];
-        (error["code"].as_str().unwrap_or("<no code>"), error["field"].as_str())
+        (
+            error["code"].as_str().unwrap_or("<no code>"),
+            error["field"].as_str(),
+        )
     }
 }
 
 /// Sends one request to `base`.
-pub fn send(base: &str, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Reply {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+pub fn send(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
     let mut request = agent.request(method, &format!("{base}{path}"));
     for (name, value) in headers {
         request = request.set(name, value);
@@ -372,7 +404,12 @@ pub fn send(base: &str, method: &str, path: &str, body: Option<&str>, headers: &
         .collect();
     let text = response.into_string().unwrap_or_default();
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply { status, headers, text, json }
+    Reply {
+        status,
+        headers,
+        text,
+        json,
+    }
 }
 
 /// Returns the captured log text of this test binary so far.

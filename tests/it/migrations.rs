@@ -20,7 +20,11 @@ fn apply_records_history_rows() {
     let rows = migrate::read_applied(&mut db.owner()).unwrap();
     assert_eq!(rows.len(), migrations.len());
     assert_eq!(rows[0].checksum, migrations[0].checksum());
-    assert!(rows[0].applied_by.starts_with("ctrip_migrator via ctrip"), "{}", rows[0].applied_by);
+    assert!(
+        rows[0].applied_by.starts_with("ctrip_migrator via ctrip"),
+        "{}",
+        rows[0].applied_by
+    );
 }
 
 #[test]
@@ -32,35 +36,59 @@ fn edited_applied_file_stops_run() {
 
     let err = migrate::apply(&mut db.owner(), &migrations).unwrap_err();
 
-    assert!(matches!(err, MigrateError::Edited { version: 1, .. }), "{err}");
+    assert!(
+        matches!(err, MigrateError::Edited { version: 1, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("migration 0001"), "{err}");
-    assert!(err.to_string().contains("restore the original file"), "{err}");
+    assert!(
+        err.to_string().contains("restore the original file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn applied_version_without_file_stops_run() {
     let db = TestDb::create();
     let mut migrations = migrate::embedded();
-    migrations.push(Migration { version: 900, name: Cow::Borrowed("extra"), sql: Cow::Borrowed("SELECT 1;") });
-    migrations.push(Migration { version: 901, name: Cow::Borrowed("last"), sql: Cow::Borrowed("SELECT 2;") });
+    migrations.push(Migration {
+        version: 900,
+        name: Cow::Borrowed("extra"),
+        sql: Cow::Borrowed("SELECT 1;"),
+    });
+    migrations.push(Migration {
+        version: 901,
+        name: Cow::Borrowed("last"),
+        sql: Cow::Borrowed("SELECT 2;"),
+    });
     migrate::apply(&mut db.owner(), &migrations).unwrap();
     migrations.remove(migrations.len() - 2);
 
     let err = migrate::apply(&mut db.owner(), &migrations).unwrap_err();
 
-    assert!(matches!(err, MigrateError::Missing { version: 900, .. }), "{err}");
+    assert!(
+        matches!(err, MigrateError::Missing { version: 900, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn newer_database_stops_run() {
     let db = TestDb::create();
     let mut migrations = migrate::embedded();
-    migrations.push(Migration { version: 999, name: Cow::Borrowed("future"), sql: Cow::Borrowed("SELECT 1;") });
+    migrations.push(Migration {
+        version: 999,
+        name: Cow::Borrowed("future"),
+        sql: Cow::Borrowed("SELECT 1;"),
+    });
     migrate::apply(&mut db.owner(), &migrations).unwrap();
 
     let err = migrate::apply(&mut db.owner(), &migrate::embedded()).unwrap_err();
 
-    assert!(matches!(err, MigrateError::DatabaseNewer { database: 999, .. }), "{err}");
+    assert!(
+        matches!(err, MigrateError::DatabaseNewer { database: 999, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("0999"), "{err}");
 }
 
@@ -76,9 +104,16 @@ fn failing_file_rolls_back_with_its_row() {
 
     let err = migrate::apply(&mut db.owner(), &migrations).unwrap_err();
 
-    assert!(matches!(err, MigrateError::Failed { version: 500, .. }), "{err}");
+    assert!(
+        matches!(err, MigrateError::Failed { version: 500, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("no_such_function"), "{err}");
-    let half_done: bool = db.owner().query_one("SELECT to_regclass('ctrip.half_done') IS NOT NULL", &[]).unwrap().get(0);
+    let half_done: bool = db
+        .owner()
+        .query_one("SELECT to_regclass('ctrip.half_done') IS NOT NULL", &[])
+        .unwrap()
+        .get(0);
     assert!(!half_done);
     let rows = migrate::read_applied(&mut db.owner()).unwrap();
     assert_eq!(rows.len(), migrate::embedded().len());
@@ -102,8 +137,15 @@ fn concurrent_migrators_apply_once() {
         .collect();
     let applied: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
 
-    assert_eq!(applied.iter().sum::<usize>(), migrations.len(), "{applied:?}");
-    assert_eq!(migrate::read_applied(&mut db.owner()).unwrap().len(), migrations.len());
+    assert_eq!(
+        applied.iter().sum::<usize>(),
+        migrations.len(),
+        "{applied:?}"
+    );
+    assert_eq!(
+        migrate::read_applied(&mut db.owner()).unwrap().len(),
+        migrations.len()
+    );
 }
 
 #[test]
@@ -112,7 +154,11 @@ fn status_reports_drift_and_pending() {
     let mut migrations = migrate::embedded();
     migrate::apply(&mut db.owner(), &migrations).unwrap();
     migrations[0].sql = Cow::Owned("-- changed".to_owned());
-    migrations.push(Migration { version: 950, name: Cow::Borrowed("next"), sql: Cow::Borrowed("SELECT 1;") });
+    migrations.push(Migration {
+        version: 950,
+        name: Cow::Borrowed("next"),
+        sql: Cow::Borrowed("SELECT 1;"),
+    });
 
     let lines = migrate::status(&mut db.owner(), &migrations).unwrap();
 

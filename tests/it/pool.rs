@@ -33,13 +33,19 @@ fn pooled_session_is_verified_tls() {
     let (client, _) = conn.parts();
 
     let row = client
-        .query_one("SELECT ssl, version, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl, version, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .unwrap();
 
     assert!(row.get::<_, bool>(0));
     let version: String = row.get(1);
     assert!(version == "TLSv1.2" || version == "TLSv1.3", "{version}");
-    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("/CN=ctrip"));
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some("/CN=ctrip")
+    );
 }
 
 #[test]
@@ -54,7 +60,11 @@ fn exhausted_pool_gives_503_quickly() {
 
     let reply = app.get("/api/v1/payments");
 
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(reply.error().0, "database_unavailable");
     assert_eq!(reply.header("Retry-After"), Some("1"));

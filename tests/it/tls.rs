@@ -15,7 +15,11 @@ fn connector(mode: SslMode, ca: &str, client: Option<(&str, &str)>) -> TlsConnec
     TlsConnector::build(mode, &TlsMaterial::load(&files).unwrap()).unwrap()
 }
 
-fn try_connect(host: &str, port: u16, tls: &TlsConnector) -> Result<postgres::Client, ConnectError> {
+fn try_connect(
+    host: &str,
+    port: u16,
+    tls: &TlsConnector,
+) -> Result<postgres::Client, ConnectError> {
     let mut params = cluster().params("ctrip_runtime", "postgres");
     params.host = host.to_owned();
     params.port = port;
@@ -24,10 +28,20 @@ fn try_connect(host: &str, port: u16, tls: &TlsConnector) -> Result<postgres::Cl
 
 #[test]
 fn verify_full_accepts_right_ca_and_host() {
-    let tls = connector(SslMode::VerifyFull, "ca.crt", Some(("client.crt", "client.key")));
+    let tls = connector(
+        SslMode::VerifyFull,
+        "ca.crt",
+        Some(("client.crt", "client.key")),
+    );
 
     let mut client = try_connect("localhost", cluster().port, &tls).unwrap();
-    let ssl: bool = client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0);
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
 
     assert!(ssl);
 }
@@ -36,7 +50,10 @@ fn verify_full_accepts_right_ca_and_host() {
 fn wrong_ca_refused_with_reason() {
     let tls = connector(SslMode::VerifyFull, "other-ca.crt", None);
 
-    let err = try_connect("localhost", cluster().port, &tls).err().expect("the connection must be refused").to_string();
+    let err = try_connect("localhost", cluster().port, &tls)
+        .err()
+        .expect("the connection must be refused")
+        .to_string();
 
     assert!(err.contains("localhost"), "{err}");
     assert!(err.contains("sslmode=verify-full"), "{err}");
@@ -47,7 +64,10 @@ fn wrong_ca_refused_with_reason() {
 fn other_host_name_refused_under_verify_full() {
     let tls = connector(SslMode::VerifyFull, "ca.crt", None);
 
-    let err = try_connect("127.0.0.2", cluster().port, &tls).err().expect("the connection must be refused").to_string();
+    let err = try_connect("127.0.0.2", cluster().port, &tls)
+        .err()
+        .expect("the connection must be refused")
+        .to_string();
 
     assert!(err.contains("127.0.0.2"), "{err}");
     assert!(err.contains("certificate verify failed"), "{err}");
@@ -68,7 +88,10 @@ fn server_without_tls_refused() {
     for mode in [SslMode::Require, SslMode::VerifyFull] {
         let tls = connector(mode, "ca.crt", None);
 
-        let err = try_connect("localhost", cluster().plain_port, &tls).err().expect("the connection must be refused").to_string();
+        let err = try_connect("localhost", cluster().plain_port, &tls)
+            .err()
+            .expect("the connection must be refused")
+            .to_string();
 
         assert!(err.contains("does not support TLS"), "{mode}: {err}");
         assert!(err.contains(&format!("sslmode={mode}")), "{mode}: {err}");
@@ -77,9 +100,16 @@ fn server_without_tls_refused() {
 
 #[test]
 fn client_certificate_from_other_ca_refused() {
-    let tls = connector(SslMode::VerifyFull, "ca.crt", Some(("client-other-ca.crt", "client-other-ca.key")));
+    let tls = connector(
+        SslMode::VerifyFull,
+        "ca.crt",
+        Some(("client-other-ca.crt", "client-other-ca.key")),
+    );
 
-    let err = try_connect("localhost", cluster().port, &tls).err().expect("the connection must be refused").to_string();
+    let err = try_connect("localhost", cluster().port, &tls)
+        .err()
+        .expect("the connection must be refused")
+        .to_string();
 
     assert!(err.contains("unknown ca"), "{err}");
 }
@@ -89,9 +119,16 @@ fn world_readable_client_key_rejected() {
     let cluster = cluster();
     let key_text = std::fs::read_to_string(cluster.cert("client.key")).unwrap();
     let loose_key = cluster.write_file("client.key", &key_text, 0o644);
-    let files = TlsFiles { rootcert: cluster.cert("ca.crt"), cert: Some(cluster.cert("client.crt")), key: Some(loose_key.clone()) };
+    let files = TlsFiles {
+        rootcert: cluster.cert("ca.crt"),
+        cert: Some(cluster.cert("client.crt")),
+        key: Some(loose_key.clone()),
+    };
 
-    let err = TlsMaterial::load(&files).err().expect("a 0644 key must be rejected").to_string();
+    let err = TlsMaterial::load(&files)
+        .err()
+        .expect("a 0644 key must be rejected")
+        .to_string();
 
     assert!(err.contains(&loose_key.display().to_string()), "{err}");
     assert!(err.contains("0644"), "{err}");
@@ -107,7 +144,10 @@ fn key_of_other_certificate_rejected() {
         key: Some(cluster.cert("client-other-ca.key")),
     };
 
-    let err = TlsMaterial::load(&files).err().expect("a mismatched key must be rejected").to_string();
+    let err = TlsMaterial::load(&files)
+        .err()
+        .expect("a mismatched key must be rejected")
+        .to_string();
 
     assert!(err.contains("does not match"), "{err}");
 }
@@ -119,7 +159,9 @@ fn prefer_and_allow_are_config_errors() {
         let mut config = base_config(&db);
         set(&mut config, "database", "sslmode", mode);
 
-        let err = parse_config(&config).err().expect("the connection must be refused").to_string();
+        let err = parse_config(&config)
+            .expect_err("the config must be rejected")
+            .to_string();
 
         assert!(err.contains(&format!("\"{mode}\"")), "{err}");
         assert!(err.contains("plaintext"), "{err}");
@@ -131,7 +173,12 @@ fn prefer_and_allow_are_config_errors() {
 fn serve_fails_fast_on_wrong_ca() {
     let db = TestDb::create();
     let mut config = base_config(&db);
-    set(&mut config, "database", "sslrootcert", cluster().cert("other-ca.crt").display().to_string());
+    set(
+        &mut config,
+        "database",
+        "sslrootcert",
+        cluster().cert("other-ca.crt").display().to_string(),
+    );
     let config = parse_config(&config).unwrap();
 
     let err = match ctrip::serve::start(&config) {

@@ -19,43 +19,260 @@ fn case(
     field: Option<&'static str>,
     message_part: &'static str,
 ) -> Case {
-    Case { description, body: body.to_owned(), status, code, field, message_part }
+    Case {
+        description,
+        body: body.to_owned(),
+        status,
+        code,
+        field,
+        message_part,
+    }
 }
 
 fn cases() -> Vec<Case> {
-    let above_max = "115792089237316195423570985008687907853269984665640564039457584007913129639936";
-    let big_metadata = format!(r#"{{"chain": "ethereum", "amount": "1", "metadata": {{"blob": "{}"}}}}"#, "x".repeat(9000));
+    let above_max =
+        "115792089237316195423570985008687907853269984665640564039457584007913129639936";
+    let big_metadata = format!(
+        r#"{{"chain": "ethereum", "amount": "1", "metadata": {{"blob": "{}"}}}}"#,
+        "x".repeat(9000)
+    );
     vec![
-        case("truncated JSON", r#"{"chain": "ethereum", "amount": "1""#, 400, "malformed_json", None, "not valid JSON"),
-        case("not JSON at all", "chain=ethereum", 400, "malformed_json", None, "not valid JSON"),
+        case(
+            "truncated JSON",
+            r#"{"chain": "ethereum", "amount": "1""#,
+            400,
+            "malformed_json",
+            None,
+            "not valid JSON",
+        ),
+        case(
+            "not JSON at all",
+            "chain=ethereum",
+            400,
+            "malformed_json",
+            None,
+            "not valid JSON",
+        ),
         case("empty body", "", 400, "malformed_json", None, "empty"),
-        case("array body", r#"[1, 2]"#, 422, "validation_failed", None, "JSON object"),
-        case("missing chain", r#"{"amount": "1"}"#, 422, "validation_failed", Some("chain"), "required"),
-        case("missing amount", r#"{"chain": "ethereum"}"#, 422, "validation_failed", Some("amount"), "required"),
-        case("unknown chain", r#"{"chain": "etherium", "amount": "1"}"#, 422, "validation_failed", Some("chain"), "expected one of ethereum, solana"),
-        case("unknown token", r#"{"chain": "ethereum", "token": "DOGE", "amount": "1"}"#, 422, "validation_failed", Some("token"), "expected one of USDC"),
-        case("token of another chain", r#"{"chain": "solana", "token": "USDC", "amount": "1"}"#, 422, "validation_failed", Some("token"), "unknown token"),
-        case("amount zero", r#"{"chain": "ethereum", "amount": "0"}"#, 422, "validation_failed", Some("amount"), "is zero"),
-        case("amount zero integer", r#"{"chain": "ethereum", "amount": 0}"#, 422, "validation_failed", Some("amount"), "is zero"),
-        case("amount negative", r#"{"chain": "ethereum", "amount": "-5"}"#, 422, "validation_failed", Some("amount"), "negative"),
-        case("amount negative integer", r#"{"chain": "ethereum", "amount": -5}"#, 422, "validation_failed", Some("amount"), "negative"),
-        case("amount fractional", r#"{"chain": "ethereum", "amount": "1.5"}"#, 422, "validation_failed", Some("amount"), "whole number"),
-        case("amount fractional number", r#"{"chain": "ethereum", "amount": 1.5}"#, 422, "validation_failed", Some("amount"), "decimal string"),
-        case("amount above uint256", &format!(r#"{{"chain": "ethereum", "amount": "{above_max}"}}"#), 422, "validation_failed", Some("amount"), "2^256-1"),
-        case("amount not a number", r#"{"chain": "ethereum", "amount": "ten"}"#, 422, "validation_failed", Some("amount"), "not a number"),
-        case("amount boolean", r#"{"chain": "ethereum", "amount": true}"#, 422, "validation_failed", Some("amount"), "boolean"),
-        case("amount null", r#"{"chain": "ethereum", "amount": null}"#, 422, "validation_failed", Some("amount"), "required"),
-        case("unknown field", r#"{"chain": "ethereum", "amount": "1", "colour": "red"}"#, 422, "validation_failed", Some("colour"), "unknown field"),
-        case("expires_in too short", r#"{"chain": "ethereum", "amount": "1", "expires_in": 5}"#, 422, "validation_failed", Some("expires_in"), "60 to 604800"),
-        case("expires_in too long", r#"{"chain": "ethereum", "amount": "1", "expires_in": 999999}"#, 422, "validation_failed", Some("expires_in"), "60 to 604800"),
-        case("expires_in negative", r#"{"chain": "ethereum", "amount": "1", "expires_in": -1}"#, 422, "validation_failed", Some("expires_in"), "expires_in"),
-        case("expires_in string", r#"{"chain": "ethereum", "amount": "1", "expires_in": "soon"}"#, 422, "validation_failed", Some("expires_in"), "expires_in"),
-        case("chain not a string", r#"{"chain": 1, "amount": "1"}"#, 422, "validation_failed", Some("chain"), "chain"),
-        case("reference too long", &format!(r#"{{"chain": "ethereum", "amount": "1", "reference": "{}"}}"#, "r".repeat(256)), 422, "validation_failed", Some("reference"), "reference"),
-        case("reference empty", r#"{"chain": "ethereum", "amount": "1", "reference": ""}"#, 422, "validation_failed", Some("reference"), "reference"),
-        case("reference with control character", r#"{"chain": "ethereum", "amount": "1", "reference": "a\u0007b"}"#, 422, "validation_failed", Some("reference"), "control"),
-        case("metadata not an object", r#"{"chain": "ethereum", "amount": "1", "metadata": [1]}"#, 422, "validation_failed", Some("metadata"), "metadata"),
-        case("metadata too large", &big_metadata, 422, "validation_failed", Some("metadata"), "8192"),
+        case(
+            "array body",
+            r#"[1, 2]"#,
+            422,
+            "validation_failed",
+            None,
+            "JSON object",
+        ),
+        case(
+            "missing chain",
+            r#"{"amount": "1"}"#,
+            422,
+            "validation_failed",
+            Some("chain"),
+            "required",
+        ),
+        case(
+            "missing amount",
+            r#"{"chain": "ethereum"}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "required",
+        ),
+        case(
+            "unknown chain",
+            r#"{"chain": "etherium", "amount": "1"}"#,
+            422,
+            "validation_failed",
+            Some("chain"),
+            "expected one of ethereum, solana",
+        ),
+        case(
+            "unknown token",
+            r#"{"chain": "ethereum", "token": "DOGE", "amount": "1"}"#,
+            422,
+            "validation_failed",
+            Some("token"),
+            "expected one of USDC",
+        ),
+        case(
+            "token of another chain",
+            r#"{"chain": "solana", "token": "USDC", "amount": "1"}"#,
+            422,
+            "validation_failed",
+            Some("token"),
+            "unknown token",
+        ),
+        case(
+            "amount zero",
+            r#"{"chain": "ethereum", "amount": "0"}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "is zero",
+        ),
+        case(
+            "amount zero integer",
+            r#"{"chain": "ethereum", "amount": 0}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "is zero",
+        ),
+        case(
+            "amount negative",
+            r#"{"chain": "ethereum", "amount": "-5"}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "negative",
+        ),
+        case(
+            "amount negative integer",
+            r#"{"chain": "ethereum", "amount": -5}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "negative",
+        ),
+        case(
+            "amount fractional",
+            r#"{"chain": "ethereum", "amount": "1.5"}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "whole number",
+        ),
+        case(
+            "amount fractional number",
+            r#"{"chain": "ethereum", "amount": 1.5}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "decimal string",
+        ),
+        case(
+            "amount above uint256",
+            &format!(r#"{{"chain": "ethereum", "amount": "{above_max}"}}"#),
+            422,
+            "validation_failed",
+            Some("amount"),
+            "2^256-1",
+        ),
+        case(
+            "amount not a number",
+            r#"{"chain": "ethereum", "amount": "ten"}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "not a number",
+        ),
+        case(
+            "amount boolean",
+            r#"{"chain": "ethereum", "amount": true}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "boolean",
+        ),
+        case(
+            "amount null",
+            r#"{"chain": "ethereum", "amount": null}"#,
+            422,
+            "validation_failed",
+            Some("amount"),
+            "required",
+        ),
+        case(
+            "unknown field",
+            r#"{"chain": "ethereum", "amount": "1", "colour": "red"}"#,
+            422,
+            "validation_failed",
+            Some("colour"),
+            "unknown field",
+        ),
+        case(
+            "expires_in too short",
+            r#"{"chain": "ethereum", "amount": "1", "expires_in": 5}"#,
+            422,
+            "validation_failed",
+            Some("expires_in"),
+            "60 to 604800",
+        ),
+        case(
+            "expires_in too long",
+            r#"{"chain": "ethereum", "amount": "1", "expires_in": 999999}"#,
+            422,
+            "validation_failed",
+            Some("expires_in"),
+            "60 to 604800",
+        ),
+        case(
+            "expires_in negative",
+            r#"{"chain": "ethereum", "amount": "1", "expires_in": -1}"#,
+            422,
+            "validation_failed",
+            Some("expires_in"),
+            "expires_in",
+        ),
+        case(
+            "expires_in string",
+            r#"{"chain": "ethereum", "amount": "1", "expires_in": "soon"}"#,
+            422,
+            "validation_failed",
+            Some("expires_in"),
+            "expires_in",
+        ),
+        case(
+            "chain not a string",
+            r#"{"chain": 1, "amount": "1"}"#,
+            422,
+            "validation_failed",
+            Some("chain"),
+            "chain",
+        ),
+        case(
+            "reference too long",
+            &format!(
+                r#"{{"chain": "ethereum", "amount": "1", "reference": "{}"}}"#,
+                "r".repeat(256)
+            ),
+            422,
+            "validation_failed",
+            Some("reference"),
+            "reference",
+        ),
+        case(
+            "reference empty",
+            r#"{"chain": "ethereum", "amount": "1", "reference": ""}"#,
+            422,
+            "validation_failed",
+            Some("reference"),
+            "reference",
+        ),
+        case(
+            "reference with control character",
+            r#"{"chain": "ethereum", "amount": "1", "reference": "a\u0007b"}"#,
+            422,
+            "validation_failed",
+            Some("reference"),
+            "control",
+        ),
+        case(
+            "metadata not an object",
+            r#"{"chain": "ethereum", "amount": "1", "metadata": [1]}"#,
+            422,
+            "validation_failed",
+            Some("metadata"),
+            "metadata",
+        ),
+        case(
+            "metadata too large",
+            &big_metadata,
+            422,
+            "validation_failed",
+            Some("metadata"),
+            "8192",
+        ),
     ]
 }
 
@@ -66,11 +283,32 @@ fn bad_bodies_rejected_with_field() {
     for case in cases() {
         let reply = app.post("/api/v1/payments", &case.body);
 
-        assert_eq!(reply.status, case.status, "{}: {}", case.description, reply.text);
-        assert_eq!(reply.error().0, case.code, "{}: {}", case.description, reply.text);
-        assert_eq!(reply.error().1, case.field, "{}: {}", case.description, reply.text);
+        assert_eq!(
+            reply.status, case.status,
+            "{}: {}",
+            case.description, reply.text
+        );
+        assert_eq!(
+            reply.error().0,
+            case.code,
+            "{}: {}",
+            case.description,
+            reply.text
+        );
+        assert_eq!(
+            reply.error().1,
+            case.field,
+            "{}: {}",
+            case.description,
+            reply.text
+        );
         let message = reply.json["error"]["message"].as_str().unwrap_or("");
-        assert!(message.contains(case.message_part), "{}: message {message:?} lacks {:?}", case.description, case.message_part);
+        assert!(
+            message.contains(case.message_part),
+            "{}: message {message:?} lacks {:?}",
+            case.description,
+            case.message_part
+        );
     }
 
     assert_eq!(app.db.count("payments"), 0);
@@ -97,13 +335,19 @@ fn wrong_content_type_is_415() {
 #[test]
 fn oversized_body_is_413() {
     let app = TestApp::start();
-    let body = format!(r#"{{"chain": "ethereum", "amount": "1", "reference": "{}"}}"#, "x".repeat(70_000));
+    let body = format!(
+        r#"{{"chain": "ethereum", "amount": "1", "reference": "{}"}}"#,
+        "x".repeat(70_000)
+    );
 
     let reply = app.post("/api/v1/payments", &body);
 
     assert_eq!(reply.status, 413);
     assert_eq!(reply.error().0, "payload_too_large");
-    assert!(reply.json["error"]["message"].as_str().unwrap().contains("65536"));
+    assert!(reply.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("65536"));
     assert_eq!(app.db.count("payments"), 0);
 }
 
@@ -111,7 +355,10 @@ fn oversized_body_is_413() {
 fn json_integer_amount_accepted() {
     let app = TestApp::start();
 
-    let reply = app.post("/api/v1/payments", r#"{"chain": "ethereum", "amount": 18446744073709551615}"#);
+    let reply = app.post(
+        "/api/v1/payments",
+        r#"{"chain": "ethereum", "amount": 18446744073709551615}"#,
+    );
 
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(reply.json["amount"], "18446744073709551615");
