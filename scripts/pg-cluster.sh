@@ -608,6 +608,15 @@ ALTER ROLE ctrip_admin LOGIN INHERIT NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICA
 GRANT ctrip_owner TO ctrip_migrator;
 GRANT ctrip_app TO ctrip_runtime;
 GRANT ctrip_owner TO ctrip_admin;
+-- Role-level limits and a fixed search_path. PostgreSQL applies ALTER ROLE ... SET only to
+-- sessions that log in as that role, so the runtime login gets them as well as its group.
+ALTER ROLE ctrip_app SET search_path = ctrip;
+ALTER ROLE ctrip_app SET statement_timeout = '5s';
+ALTER ROLE ctrip_app SET idle_in_transaction_session_timeout = '10s';
+ALTER ROLE ctrip_runtime SET search_path = ctrip;
+ALTER ROLE ctrip_runtime SET statement_timeout = '5s';
+ALTER ROLE ctrip_runtime SET idle_in_transaction_session_timeout = '10s';
+ALTER ROLE ctrip_readonly SET default_transaction_read_only = on;
 COMMIT;
 SQL
     say "roles ${GROUP_ROLES[*]} ${LOGIN_ROLES[*]} are set up in cluster $data_dir"

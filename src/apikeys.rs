@@ -2,27 +2,34 @@
 //!
 //! A key reads `ctrip_<8 base58 characters>_<secret>`. The first part (through the eight
 //! characters) is the prefix: stored in the clear, safe to log, and used to find the key's
-//! row. Only the SHA-256 of the whole key is stored, and it is compared in constant time.
+//! row. Only the SHA-256 of the whole key is stored; `ctrip.begin_request` compares it in the
+//! database, which also sets the request's merchant context.
 
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
 use rand::RngCore;
+use serde_json::json;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::audit::{self, ActorType, Event, Outcome};
 use crate::db::pool::StatementCache;
 use crate::secret::Secret;
 
 const SCHEME: &str = "ctrip_";
 const PREFIX_LEN: usize = SCHEME.len() + 8;
 
+/// Scopes a key can hold, in the order they are listed.
+pub const SCOPES: &[&str] = &["payments:read", "payments:write"];
+
 /// A stored key, without its secret part.
 #[derive(Debug, Clone)]
 pub struct ApiKey {
     pub id: Uuid,
+    pub merchant_id: Uuid,
     pub name: String,
     pub prefix: String,
+    pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
@@ -37,31 +44,81 @@ pub enum ApiKeyError {
     NotFound(Uuid),
     #[error("API key {0} is already revoked")]
     AlreadyRevoked(Uuid),
+    #[error("unknown scope {0:?}: expected a comma-separated list of {scopes}", scopes = SCOPES.join(", "))]
+    UnknownScope(String),
+    #[error("no merchant with id {0}: run `ctrip merchant list` to see the ids")]
+    MerchantNotFound(Uuid),
     #[error(transparent)]
     Database(#[from] postgres::Error),
 }
 
-/// Creates a key named `name` and returns it with its full text, which is shown once.
+/// Parses `payments:read,payments:write` into a de-duplicated list of known scopes.
+pub fn parse_scopes(text: &str) -> Result<Vec<String>, ApiKeyError> {
+    let mut scopes = Vec::new();
+    for scope in text
+        .split(',')
+        .map(str::trim)
+        .filter(|scope| !scope.is_empty())
+    {
+        if !SCOPES.contains(&scope) {
+            return Err(ApiKeyError::UnknownScope(scope.to_owned()));
+        }
+        if !scopes.iter().any(|known| known == scope) {
+            scopes.push(scope.to_owned());
+        }
+    }
+    if scopes.is_empty() {
+        return Err(ApiKeyError::UnknownScope(text.to_owned()));
+    }
+    scopes.sort_by_key(|scope| SCOPES.iter().position(|known| known == scope));
+    Ok(scopes)
+}
+
+/// Creates a key for `merchant_id` and returns it with its full text, which is shown once.
+/// Audited as `api_key.created`.
 pub fn create(
     client: &mut impl GenericClient,
+    merchant_id: Uuid,
     name: &str,
+    scopes: &[String],
 ) -> Result<(ApiKey, Secret), ApiKeyError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
         return Err(ApiKeyError::InvalidName(name.to_owned()));
     }
+    let mut transaction = client.transaction()?;
+    let merchant_exists = transaction
+        .query_opt(
+            "SELECT 1 FROM ctrip.merchants WHERE id = $1",
+            &[&merchant_id],
+        )?
+        .is_some();
+    if !merchant_exists {
+        return Err(ApiKeyError::MerchantNotFound(merchant_id));
+    }
     let (prefix, key) = generate();
     let id = Uuid::now_v7();
     let hash = Sha256::digest(key.expose().as_bytes()).to_vec();
-    let row = client.query_one(
-        "INSERT INTO ctrip.api_keys (id, name, prefix, key_hash) VALUES ($1, $2, $3, $4)
+    let row = transaction.query_one(
+        "INSERT INTO ctrip.api_keys (id, merchant_id, name, prefix, key_hash, scopes)
+         VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING created_at",
-        &[&id, &name, &prefix, &hash],
+        &[&id, &merchant_id, &name, &prefix, &hash, &scopes],
     )?;
+    let event = Event::new(ActorType::Cli, "api_key.created", Outcome::Success)
+        .actor(audit::cli_user())
+        .merchant(merchant_id)
+        .object("api_key", id.to_string())
+        .details(json!({"prefix": prefix, "name": name, "scopes": scopes}));
+    audit::record(&mut transaction, &event)?;
+    transaction.commit()?;
+
     let stored = ApiKey {
         id,
+        merchant_id,
         name: name.to_owned(),
         prefix,
+        scopes: scopes.to_vec(),
         created_at: row.get(0),
         revoked_at: None,
         last_used_at: None,
@@ -85,7 +142,7 @@ fn generate() -> (String, Secret) {
 /// Lists every key, newest first, revoked ones included.
 pub fn list(client: &mut impl GenericClient) -> Result<Vec<ApiKey>, ApiKeyError> {
     let rows = client.query(
-        "SELECT id, name, prefix, created_at, revoked_at, last_used_at
+        "SELECT id, merchant_id, name, prefix, scopes, created_at, revoked_at, last_used_at
          FROM ctrip.api_keys ORDER BY created_at DESC, id DESC",
         &[],
     )?;
@@ -93,39 +150,58 @@ pub fn list(client: &mut impl GenericClient) -> Result<Vec<ApiKey>, ApiKeyError>
         .iter()
         .map(|row| ApiKey {
             id: row.get(0),
-            name: row.get(1),
-            prefix: row.get(2),
-            created_at: row.get(3),
-            revoked_at: row.get(4),
-            last_used_at: row.get(5),
+            merchant_id: row.get(1),
+            name: row.get(2),
+            prefix: row.get(3),
+            scopes: row.get(4),
+            created_at: row.get(5),
+            revoked_at: row.get(6),
+            last_used_at: row.get(7),
         })
         .collect())
 }
 
-/// Revokes the key `id`; requests with it fail from then on.
+/// Revokes the key `id`; requests with it fail from then on. Audited as `api_key.revoked`.
 pub fn revoke(client: &mut impl GenericClient, id: Uuid) -> Result<(), ApiKeyError> {
-    let row = client.query_opt(
-        "SELECT revoked_at IS NOT NULL FROM ctrip.api_keys WHERE id = $1 FOR UPDATE",
+    let mut transaction = client.transaction()?;
+    let row = transaction.query_opt(
+        "SELECT revoked_at IS NOT NULL, merchant_id, prefix FROM ctrip.api_keys
+         WHERE id = $1 FOR UPDATE",
         &[&id],
     )?;
-    match row.map(|row| row.get::<_, bool>(0)) {
-        None => Err(ApiKeyError::NotFound(id)),
-        Some(true) => Err(ApiKeyError::AlreadyRevoked(id)),
-        Some(false) => {
-            client.execute(
-                "UPDATE ctrip.api_keys SET revoked_at = now() WHERE id = $1",
-                &[&id],
-            )?;
-            Ok(())
-        }
+    let Some(row) = row else {
+        return Err(ApiKeyError::NotFound(id));
+    };
+    if row.get::<_, bool>(0) {
+        return Err(ApiKeyError::AlreadyRevoked(id));
     }
+    transaction.execute(
+        "UPDATE ctrip.api_keys SET revoked_at = now() WHERE id = $1",
+        &[&id],
+    )?;
+    let event = Event::new(ActorType::Cli, "api_key.revoked", Outcome::Success)
+        .actor(audit::cli_user())
+        .merchant(row.get(1))
+        .object("api_key", id.to_string())
+        .details(json!({"prefix": row.get::<_, String>(2)}));
+    audit::record(&mut transaction, &event)?;
+    transaction.commit()?;
+    Ok(())
 }
 
-/// The key a request was authenticated with.
+/// The key a request was authenticated with, and its merchant.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedKey {
     pub id: Uuid,
+    pub merchant_id: Uuid,
     pub prefix: String,
+    pub scopes: Vec<String>,
+}
+
+impl AuthenticatedKey {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|held| held == scope)
+    }
 }
 
 /// The reason a presented key was not accepted, with only what is safe to log.
@@ -149,27 +225,32 @@ impl AuthFailure {
     /// Returns the client-facing reason.
     pub fn message(&self) -> &'static str {
         match self {
-            AuthFailure::Missing => {
-                "missing API key: send the header Authorization: Bearer <key>"
-            }
+            AuthFailure::Missing => "missing API key: send the header Authorization: Bearer <key>",
             AuthFailure::Malformed => {
-                "malformed API key: keys look like ctrip_XXXXXXXX_..., as printed by `ctrip api-key create`"
+                "malformed API key: keys look like ctrip_XXXXXXXX_..., as printed by `ctrip \
+                 api-key create`"
             }
-            AuthFailure::Unknown { .. } => "unknown API key: check the key or create one with `ctrip api-key create`",
-            AuthFailure::Revoked { .. } => "revoked API key: create a new one with `ctrip api-key create`",
+            AuthFailure::Unknown { .. } => {
+                "unknown API key: check the key or create one with `ctrip api-key create`"
+            }
+            AuthFailure::Revoked { .. } => {
+                "revoked API key: create a new one with `ctrip api-key create`"
+            }
         }
     }
 }
 
-const FIND_KEY: &str = "
-    SELECT id, key_hash, revoked_at IS NOT NULL,
-           last_used_at IS NULL OR last_used_at < now() - interval '60 seconds'
-    FROM ctrip.api_keys WHERE prefix = $1";
+const BEGIN_REQUEST: &str =
+    "SELECT key_id, merchant_id, scopes, revoked, stale FROM ctrip.begin_request($1, $2)";
 
 const TOUCH_KEY: &str = "UPDATE ctrip.api_keys SET last_used_at = now() WHERE id = $1";
 
-/// Checks the value of an `Authorization` header. `last_used_at` is refreshed at most once a
-/// minute per key, so reads do not turn into writes on every request.
+/// Checks the value of an `Authorization` header inside the request's transaction.
+///
+/// On success the database has recorded the key's merchant as this transaction's context
+/// (`ctrip.begin_request`), so row-level security shows only that merchant's rows until the
+/// transaction ends. `last_used_at` is refreshed when it is older than a minute, so reads do
+/// not turn into a write on every request.
 pub fn authenticate<C: GenericClient>(
     client: &mut C,
     statements: &mut StatementCache,
@@ -185,33 +266,29 @@ pub fn authenticate<C: GenericClient>(
         return Ok(Err(AuthFailure::Malformed));
     }
     let prefix = &key[..PREFIX_LEN];
+    let presented_hash = Sha256::digest(key.as_bytes()).to_vec();
 
-    let find = statements.get(client, FIND_KEY)?;
-    let Some(row) = client.query_opt(&find, &[&prefix])? else {
+    let begin = statements.get(client, BEGIN_REQUEST)?;
+    let Some(row) = client.query_opt(&begin, &[&prefix, &presented_hash])? else {
         return Ok(Err(AuthFailure::Unknown {
             prefix: prefix.to_owned(),
         }));
     };
-    let stored_hash: Vec<u8> = row.get(1);
-    let presented_hash = Sha256::digest(key.as_bytes());
-    if !bool::from(presented_hash.as_slice().ct_eq(&stored_hash)) {
-        return Ok(Err(AuthFailure::Unknown {
-            prefix: prefix.to_owned(),
-        }));
-    }
-    if row.get::<_, bool>(2) {
+    if row.get::<_, bool>(3) {
         return Ok(Err(AuthFailure::Revoked {
             prefix: prefix.to_owned(),
         }));
     }
     let id: Uuid = row.get(0);
-    if row.get::<_, bool>(3) {
+    if row.get::<_, bool>(4) {
         let touch = statements.get(client, TOUCH_KEY)?;
         client.execute(&touch, &[&id])?;
     }
     Ok(Ok(AuthenticatedKey {
         id,
+        merchant_id: row.get(1),
         prefix: prefix.to_owned(),
+        scopes: row.get(2),
     }))
 }
 

@@ -73,6 +73,8 @@ pub struct Config {
     #[serde(default)]
     pub payments: PaymentsConfig,
     #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
     pub chains: Vec<ChainConfig>,
     /// Directory of the config file; relative paths in it are resolved against this.
     #[serde(skip)]
@@ -257,6 +259,29 @@ impl Default for PaymentsConfig {
     }
 }
 
+/// Where audit checkpoints are signed and written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// ed25519 key (64 hex digits, mode 0600) that signs checkpoints; `ctrip audit keygen`
+    /// creates one. Without it, no checkpoints are written.
+    pub key_file: Option<PathBuf>,
+    /// File the signed checkpoints are appended to.
+    pub checkpoint_file: Option<PathBuf>,
+    /// Seconds between checkpoints written by `ctrip serve`.
+    pub checkpoint_interval_s: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            key_file: None,
+            checkpoint_file: None,
+            checkpoint_interval_s: 3600,
+        }
+    }
+}
+
 /// A chain payments can be made on, and the tokens accepted there.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -410,6 +435,8 @@ impl Config {
         self.wallet.mnemonic_file.iter_mut().for_each(resolve);
         self.wallet.passphrase_file.iter_mut().for_each(resolve);
         self.log.file.iter_mut().for_each(resolve);
+        self.audit.key_file.iter_mut().for_each(resolve);
+        self.audit.checkpoint_file.iter_mut().for_each(resolve);
     }
 }
 
@@ -421,6 +448,7 @@ impl Config {
         self.validate_database()?;
         self.validate_pool()?;
         self.validate_payments()?;
+        self.validate_audit()?;
         self.validate_chains()
     }
 
@@ -529,6 +557,40 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    fn validate_audit(&self) -> Result<(), ConfigError> {
+        let audit = &self.audit;
+        if audit.key_file.is_some() != audit.checkpoint_file.is_some() {
+            return Err(self.invalid(
+                "audit.key_file and audit.checkpoint_file go together: set both or neither",
+            ));
+        }
+        if audit.checkpoint_interval_s < 10 {
+            return Err(self.invalid(format!(
+                "audit.checkpoint_interval_s = {} is too short: use 10 seconds or more",
+                audit.checkpoint_interval_s
+            )));
+        }
+        Ok(())
+    }
+
+    /// Lists the settings that weaken security in production, for the start-up audit row.
+    pub fn relaxed_settings(&self) -> Vec<&'static str> {
+        let mut relaxed = Vec::new();
+        if self.database.sslcert.is_none() {
+            relaxed.push("no client certificate (database.sslcert)");
+        }
+        if self.audit.key_file.is_none() {
+            relaxed.push("no signed audit checkpoints (audit.key_file)");
+        }
+        if matches!(self.log.level.as_str(), "debug" | "trace") {
+            relaxed.push("verbose logging (log.level)");
+        }
+        if !self.pool.test_on_check_out {
+            relaxed.push("pool connections not tested on check-out (pool.test_on_check_out)");
+        }
+        relaxed
     }
 
     fn validate_payments(&self) -> Result<(), ConfigError> {

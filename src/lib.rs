@@ -4,11 +4,14 @@
 //! derived from one BIP39 seed. See ARCHITECTURE.md for how the modules fit together.
 
 pub mod apikeys;
+pub mod audit;
 pub mod chains;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod http;
 pub mod logging;
+pub mod merchants;
 pub mod payments;
 pub mod secret;
 pub mod serve;

@@ -1,15 +1,14 @@
-//! The `ctrip` command line: wiring only. Each subcommand loads the config, sets up logging
-//! and calls into the library; any error ends the process with one line and exit code 1.
+//! The `ctrip` command line: argument parsing and wiring only. Each subcommand loads the
+//! config, sets up logging and calls into the library; any error ends the process with one
+//! line on stderr and exit code 1.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use uuid::Uuid;
 
 use ctrip::config::Config;
-use ctrip::db::migrate::{self, MigrationState};
-use ctrip::{apikeys, logging, serve};
+use ctrip::{cli, logging, serve};
 
 #[derive(Parser)]
 #[command(name = "ctrip", version, about = "Self-hosted crypto payment gateway")]
@@ -35,9 +34,15 @@ enum Command {
         #[command(subcommand)]
         action: Option<MigrateAction>,
     },
+    /// Create and list merchants, the owners of payments and API keys.
+    #[command(subcommand)]
+    Merchant(MerchantAction),
     /// Create, list and revoke API keys.
     #[command(name = "api-key", subcommand)]
     ApiKey(ApiKeyAction),
+    /// Verify, read and checkpoint the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditAction),
 }
 
 #[derive(Subcommand)]
@@ -47,19 +52,66 @@ enum MigrateAction {
 }
 
 #[derive(Subcommand)]
+enum MerchantAction {
+    /// Create a merchant and print its id.
+    Create {
+        /// The merchant's name, unique across merchants.
+        name: String,
+    },
+    /// List merchants with their ids.
+    List,
+}
+
+#[derive(Subcommand)]
 enum ApiKeyAction {
-    /// Create a key and print it once; only its hash is stored.
+    /// Create a key and print it once; only its hash is kept.
     Create {
         /// A label for the key, such as the shop or service that uses it.
         #[arg(long)]
         name: String,
+        /// Merchant id the key acts for; optional while there is at most one merchant.
+        #[arg(long)]
+        merchant: Option<String>,
+        /// Comma-separated scopes: payments:read, payments:write.
+        #[arg(long, default_value = "payments:read,payments:write")]
+        scopes: String,
     },
-    /// List keys with their prefixes, creation, last use and revocation times.
+    /// List keys with merchant, prefix, scopes, creation, last use and revocation times.
     List,
     /// Revoke a key by id; requests with it get 401 from then on.
     Revoke {
         /// The key's id, as shown by `ctrip api-key list`.
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Recompute the hash chain (and checkpoint signatures); exit 1 on any problem.
+    Verify {
+        /// Checkpoint file to check the log against, which detects a cut tail.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// Audit key that signed the checkpoints (default: audit.key_file).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print recent events, oldest first. The read is itself audited.
+    Tail {
+        /// RFC 3339 time, or a duration back from now such as 30m, 12h, 7d (default 24h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Newest events to print at most.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Sign the newest row's id and hash and append them to audit.checkpoint_file.
+    Checkpoint,
+    /// Create a new ed25519 audit key file (mode 0600); never overwrites one.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -76,141 +128,59 @@ fn main() -> ExitCode {
     }
 }
 
-/// Joins the error's causes into one line.
+/// Joins the error's causes into one line, skipping a cause its wrapper already quotes.
 fn error_line(err: &anyhow::Error) -> String {
-    let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
     let mut line = String::new();
-    for part in chain {
-        if !line.contains(&part) {
-            if !line.is_empty() {
-                line.push_str(": ");
-            }
-            line.push_str(&part);
+    for part in err.chain().map(ToString::to_string) {
+        if line.contains(&part) {
+            continue;
         }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&part);
     }
     line
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Audit(AuditAction::Keygen { out }) = &cli.command {
+        return cli::audit_keygen(out);
+    }
     let config = Config::load(&cli.config)?;
-    let quiet = !matches!(cli.command, Command::Serve);
-    let level = if quiet && std::env::var_os("RUST_LOG").is_none() {
-        "warn"
-    } else {
+    // Commands other than serve print their results; their log shows only problems.
+    let serving = matches!(cli.command, Command::Serve);
+    let level = if serving {
         config.log.level.as_str()
+    } else {
+        "warn"
     };
     logging::init(level, config.log.file.as_deref()).map_err(anyhow::Error::msg)?;
 
     match cli.command {
         Command::Serve => serve::run(&config),
-        Command::Migrate { action: None } => migrate_apply(&config),
+        Command::Migrate { action: None } => cli::migrate_apply(&config),
         Command::Migrate {
             action: Some(MigrateAction::Status),
-        } => migrate_status(&config),
-        Command::ApiKey(action) => api_key(&config, action),
-    }
-}
-
-fn migrate_apply(config: &Config) -> anyhow::Result<()> {
-    let mut client = serve::migration_client(config)?;
-    let applied = migrate::apply(&mut client, &migrate::embedded())?;
-    if applied.is_empty() {
-        println!("migrations are current; nothing to apply");
-    }
-    for migration in applied {
-        println!(
-            "applied {:04}_{} in {} ms",
-            migration.version, migration.name, migration.execution_ms
-        );
-    }
-    Ok(())
-}
-
-fn migrate_status(config: &Config) -> anyhow::Result<()> {
-    let mut client = serve::migration_client(config)?;
-    let lines = migrate::status(&mut client, &migrate::embedded())?;
-    println!(
-        "{:<8} {:<8} {:<30} {:<32} APPLIED BY",
-        "VERSION", "STATE", "NAME", "APPLIED AT"
-    );
-    let mut problems = 0;
-    for line in lines {
-        let state = match line.state {
-            MigrationState::Applied => "applied",
-            MigrationState::Pending => "pending",
-            MigrationState::Drifted => "DRIFTED",
-            MigrationState::Missing => "MISSING",
-        };
-        if matches!(
-            line.state,
-            MigrationState::Drifted | MigrationState::Missing
-        ) {
-            problems += 1;
+        } => cli::migrate_status(&config),
+        Command::Merchant(MerchantAction::Create { name }) => cli::merchant_create(&config, &name),
+        Command::Merchant(MerchantAction::List) => cli::merchant_list(&config),
+        Command::ApiKey(ApiKeyAction::Create {
+            name,
+            merchant,
+            scopes,
+        }) => cli::api_key_create(&config, &name, merchant.as_deref(), &scopes),
+        Command::ApiKey(ApiKeyAction::List) => cli::api_key_list(&config),
+        Command::ApiKey(ApiKeyAction::Revoke { id }) => cli::api_key_revoke(&config, &id),
+        Command::Audit(AuditAction::Verify { checkpoints, key }) => {
+            cli::audit_verify(&config, checkpoints.as_deref(), key.as_deref())
         }
-        let (at, by) = match &line.applied {
-            Some(row) => (row.applied_at.to_rfc3339(), row.applied_by.clone()),
-            None => ("-".to_owned(), "-".to_owned()),
-        };
-        println!(
-            "{:<8} {:<8} {:<30} {:<32} {}",
-            format!("{:04}", line.version),
-            state,
-            line.name,
-            at,
-            by
-        );
-    }
-    if problems > 0 {
-        anyhow::bail!(
-            "{problems} migration(s) drifted or missing: restore the original sql/ files of this \
-             build; see `ctrip serve` for details"
-        );
-    }
-    Ok(())
-}
-
-fn api_key(config: &Config, action: ApiKeyAction) -> anyhow::Result<()> {
-    let mut client = serve::migration_client(config)?;
-    match action {
-        ApiKeyAction::Create { name } => {
-            let (key, secret) = apikeys::create(&mut client, &name)?;
-            println!("id:     {}", key.id);
-            println!("name:   {}", key.name);
-            println!("prefix: {}", key.prefix);
-            println!("key:    {}", secret.expose());
-            eprintln!("Store the key now: it is shown only once and only its hash is kept.");
+        Command::Audit(AuditAction::Tail { since, limit }) => {
+            cli::audit_tail(&config, since.as_deref(), limit)
         }
-        ApiKeyAction::List => {
-            println!(
-                "{:<36}  {:<14}  {:<25}  {:<25}  {:<25}  NAME",
-                "ID", "PREFIX", "CREATED", "LAST USED", "REVOKED"
-            );
-            let show = |time: Option<chrono::DateTime<chrono::Utc>>| {
-                time.map_or("-".to_owned(), |t| {
-                    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-                })
-            };
-            for key in apikeys::list(&mut client)? {
-                println!(
-                    "{:<36}  {:<14}  {:<25}  {:<25}  {:<25}  {}",
-                    key.id,
-                    key.prefix,
-                    show(Some(key.created_at)),
-                    show(key.last_used_at),
-                    show(key.revoked_at),
-                    key.name
-                );
-            }
-        }
-        ApiKeyAction::Revoke { id } => {
-            let id = Uuid::parse_str(&id).map_err(|_| {
-                anyhow::anyhow!(
-                    "{id:?} is not an API key id: run `ctrip api-key list` to see the ids"
-                )
-            })?;
-            apikeys::revoke(&mut client, id)?;
-            println!("revoked {id}");
+        Command::Audit(AuditAction::Checkpoint) => cli::audit_checkpoint(&config),
+        Command::Audit(AuditAction::Keygen { .. }) => {
+            unreachable!("handled before loading the config")
         }
     }
-    Ok(())
 }

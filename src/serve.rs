@@ -4,13 +4,16 @@
 //! chain sync run as the migration login before the pool opens as the runtime login, and the
 //! HTTP port opens last, so a server that accepts requests is ready for them.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use ed25519_dalek::SigningKey;
 
+use crate::audit::{self, checkpoint, ActorType, Event, Outcome};
 use crate::chains::{self, ChainRegistry};
-use crate::config::Config;
+use crate::config::{Config, Environment};
 use crate::db::{self, migrate, pool, ConnectParams, SharedTls};
 use crate::http::body::BodySchema;
 use crate::http::{self, App, Server};
@@ -22,6 +25,7 @@ pub struct Running {
     pub server: Server,
     pub app: Arc<App>,
     pub migrations_applied: usize,
+    pub checkpoints: Option<Checkpointer>,
 }
 
 /// Builds everything and starts serving; returns once the port is open.
@@ -37,7 +41,12 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     let mut client = tls.connect(&migration_params)?;
     let applied = migrate::apply(&mut client, &migrations)?;
     chains::sync(&mut client, &chains)?;
+    audit_relaxed_start(config, &mut client)?;
     drop(client);
+    let audit_key = match &config.audit.key_file {
+        Some(path) => Some(checkpoint::load_key(path)?),
+        None => None,
+    };
 
     let runtime_params = ConnectParams::runtime(config)?;
     let manager = pool::Manager::new(runtime_params, tls.clone());
@@ -63,6 +72,16 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     let server = Server::start(app.clone(), &config.server.listen, config.server.workers)
         .map_err(anyhow::Error::msg)?;
 
+    let checkpoints = match (audit_key, &config.audit.checkpoint_file) {
+        (Some(key), Some(file)) => Some(Checkpointer::start(
+            app.clone(),
+            key,
+            file.clone(),
+            Duration::from_secs(config.audit.checkpoint_interval_s),
+        )),
+        _ => None,
+    };
+
     log_summary(
         config,
         &server,
@@ -75,7 +94,83 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         server,
         app,
         migrations_applied: applied.len(),
+        checkpoints,
     })
+}
+
+/// Records a start-up in production with settings that weaken security, and warns about it.
+fn audit_relaxed_start(config: &Config, client: &mut postgres::Client) -> anyhow::Result<()> {
+    let relaxed = config.relaxed_settings();
+    if config.environment != Environment::Production || relaxed.is_empty() {
+        return Ok(());
+    }
+    log::warn!(
+        "starting in production with relaxed settings: {}",
+        relaxed.join("; ")
+    );
+    let event = Event::new(
+        ActorType::System,
+        "server.started_relaxed",
+        Outcome::Success,
+    )
+    .actor(format!("ctrip {}", env!("CARGO_PKG_VERSION")))
+    .details(serde_json::json!({ "relaxed": relaxed }));
+    audit::record(client, &event)?;
+    Ok(())
+}
+
+/// Writes a signed audit checkpoint every interval, and once more on stop.
+pub struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(app: Arc<App>, key: SigningKey, file: PathBuf, interval: Duration) -> Checkpointer {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || loop {
+            let timed_out = matches!(
+                stopped.recv_timeout(interval),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            write_checkpoint(&app, &key, &file);
+            if !timed_out {
+                break;
+            }
+        });
+        Checkpointer { stop, thread }
+    }
+
+    /// Writes a last checkpoint and ends the thread.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn write_checkpoint(app: &App, key: &SigningKey, file: &Path) {
+    let result = app
+        .pool
+        .get()
+        .map_err(anyhow::Error::from)
+        .and_then(|mut conn| {
+            let (client, _) = conn.parts();
+            Ok(checkpoint::write(client, key, file)?)
+        });
+    match result {
+        Ok(Some(point)) => {
+            log::info!(
+                "audit checkpoint written: row={} file={}",
+                point.id,
+                file.display()
+            )
+        }
+        Ok(None) => log::debug!("audit log empty; no checkpoint written"),
+        Err(err) => log::error!(
+            "cannot write an audit checkpoint to {}: {err:#}",
+            file.display()
+        ),
+    }
 }
 
 fn load_wallet(config: &Config) -> anyhow::Result<Wallet> {
@@ -140,6 +235,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             "some requests were still running after {}s and were cut off",
             timeout.as_secs()
         );
+    }
+    if let Some(checkpoints) = running.checkpoints {
+        checkpoints.stop();
     }
     drop(running.app);
     log::info!("ctrip stopped");

@@ -11,6 +11,8 @@ use std::borrow::Cow;
 use std::time::Instant;
 
 use postgres::Client;
+
+use crate::audit::{self, ActorType, Event, Outcome};
 use sha2::{Digest, Sha256};
 
 mod embedded {
@@ -211,6 +213,7 @@ fn apply_one(
             ],
         )
         .map_err(failed)?;
+    record_applied(&mut transaction, migration, execution_ms).map_err(failed)?;
     transaction.commit().map_err(failed)?;
 
     log::info!(
@@ -223,6 +226,29 @@ fn apply_one(
         name: migration.name.to_string(),
         execution_ms,
     })
+}
+
+/// Adds the `migration.applied` audit row, once a migration has created the audit log.
+fn record_applied(
+    transaction: &mut postgres::Transaction<'_>,
+    migration: &Migration,
+    execution_ms: i32,
+) -> Result<(), postgres::Error> {
+    let has_audit: bool = transaction
+        .query_one("SELECT to_regclass('ctrip.audit_events') IS NOT NULL", &[])?
+        .get(0);
+    if !has_audit {
+        return Ok(());
+    }
+    let event = Event::new(ActorType::System, "migration.applied", Outcome::Success)
+        .actor(format!("ctrip {}", env!("CARGO_PKG_VERSION")))
+        .object("migration", format!("{:04}", migration.version))
+        .details(serde_json::json!({
+            "name": migration.name,
+            "checksum": migration.checksum(),
+            "execution_ms": execution_ms,
+        }));
+    audit::record(transaction, &event)
 }
 
 /// Describes this process for the `applied_by` column.

@@ -7,13 +7,15 @@
 //! so nothing a request sets reaches the next borrower.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient, Statement, Transaction};
 use r2d2::{HandleError, ManageConnection};
 
 use super::{ConnectError, ConnectParams, SharedTls};
+use crate::audit::{self, ActorType, Event, Outcome};
 use crate::config::PoolConfig;
 
 /// A pooled session with its prepared statements.
@@ -65,6 +67,8 @@ pub struct Manager {
     params: ConnectParams,
     tls: Arc<SharedTls>,
     check_timeout: Duration,
+    /// Failed connection attempts since the last success, and when the first of them failed.
+    failures: Mutex<Option<(u64, DateTime<Utc>)>>,
 }
 
 impl Manager {
@@ -74,6 +78,39 @@ impl Manager {
             params,
             tls,
             check_timeout,
+            failures: Mutex::new(None),
+        }
+    }
+
+    fn note_failure(&self) {
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        failures.get_or_insert((0, Utc::now())).0 += 1;
+    }
+
+    /// Writes one audit row summarizing the failures that preceded this successful connect.
+    /// The database was unreachable while they happened, so only the log has each of them.
+    fn record_recovery(&self, client: &mut Client) {
+        let taken = self
+            .failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let Some((count, since)) = taken else { return };
+        log::info!(
+            "database reachable again after {count} failed connection attempts since {since}"
+        );
+        let event = Event::new(
+            ActorType::System,
+            "database.connection_failures",
+            Outcome::Failed,
+        )
+        .actor(self.params.user.clone())
+        .details(serde_json::json!({"failed_attempts": count, "since": since.to_rfc3339()}));
+        if let Err(err) = audit::record(client, &event) {
+            log::error!("cannot record the connection failure summary in the audit log: {err}");
         }
     }
 }
@@ -84,7 +121,9 @@ impl ManageConnection for Manager {
 
     fn connect(&self) -> Result<PgConn, ConnectError> {
         let state = self.tls.current();
-        let client = super::connect(&self.params, state.connector.as_ref())?;
+        let connected = super::connect(&self.params, state.connector.as_ref());
+        let mut client = connected.inspect_err(|_| self.note_failure())?;
+        self.record_recovery(&mut client);
         Ok(PgConn {
             client,
             generation: state.generation,

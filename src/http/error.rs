@@ -15,6 +15,8 @@ pub enum ApiError {
     MalformedJson(String),
     InvalidQuery(FieldError),
     Unauthorized(AuthFailure),
+    /// The key is valid but lacks this scope.
+    Forbidden(&'static str),
     NotFound(String),
     MethodNotAllowed(&'static str),
     PayloadTooLarge(usize),
@@ -31,6 +33,7 @@ impl ApiError {
         match self {
             ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => 400,
             ApiError::Unauthorized(_) => 401,
+            ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::PayloadTooLarge(_) => 413,
@@ -46,6 +49,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -66,6 +70,13 @@ impl ApiError {
                 (err.message.clone(), field)
             }
             ApiError::Unauthorized(failure) => (failure.message().to_owned(), None),
+            ApiError::Forbidden(scope) => (
+                format!(
+                    "this API key lacks the scope {scope}: create a key with --scopes {scope} \
+                     (ctrip api-key create)"
+                ),
+                None,
+            ),
             ApiError::NotFound(what) => (what.clone(), None),
             ApiError::MethodNotAllowed(allowed) => {
                 (format!("method not allowed here: use {allowed}"), None)

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use rouille::{Request, Response};
 use serde_json::json;
 
+use crate::apikeys::AuthenticatedKey;
+use crate::audit::{ActorType, Event, Outcome};
 use crate::chains::ChainRegistry;
 use crate::config::PaymentsConfig;
 use crate::db::migrate::{self, Migration};
@@ -41,12 +43,35 @@ pub struct App {
     pub openapi: String,
 }
 
+/// What a handler knows about the request besides its contents, for audit rows and logs.
+pub struct RequestContext {
+    pub request_id: String,
+    pub client_ip: String,
+    pub path: String,
+}
+
+impl RequestContext {
+    /// Starts an audit event by the request's API key, for its merchant.
+    pub fn event(&self, key: &AuthenticatedKey, action: &'static str, outcome: Outcome) -> Event {
+        Event::new(ActorType::ApiKey, action, outcome)
+            .actor(key.id.to_string())
+            .merchant(key.merchant_id)
+            .source(self.client_ip.clone())
+            .request(self.request_id.clone())
+    }
+}
+
 /// Handles one request end to end: id, routing, error body, access log.
 pub fn handle(app: &App, request: &Request) -> Response {
     let started = Instant::now();
     let request_id = request_id(request);
+    let context = RequestContext {
+        request_id: request_id.clone(),
+        client_ip: request.remote_addr().ip().to_string(),
+        path: request.raw_url().split('?').next().unwrap_or("").to_owned(),
+    };
 
-    let outcome = catch_unwind(AssertUnwindSafe(|| route(app, request)))
+    let outcome = catch_unwind(AssertUnwindSafe(|| route(app, request, &context)))
         .unwrap_or_else(|_| Err(ApiError::Internal("the handler panicked".to_owned())));
     let response = match outcome {
         Ok(response) => response,
@@ -73,6 +98,10 @@ fn log_error(err: &ApiError, request_id: &str, request: &Request) {
     match err {
         ApiError::Internal(_) => log::error!("request_id={request_id} internal error: {detail}"),
         ApiError::Unavailable(_) => log::warn!("request_id={request_id} database unavailable: {detail}"),
+        ApiError::Forbidden(scope) => log::warn!(
+            "request_id={request_id} scope denied: scope={scope} client={}",
+            request.remote_addr().ip()
+        ),
         ApiError::Unauthorized(failure) => log::warn!(
             "request_id={request_id} authentication failed: key_prefix={} client={} reason={detail}",
             failure.prefix(),
@@ -98,7 +127,7 @@ fn request_id(request: &Request) -> String {
     }
 }
 
-fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
+fn route(app: &App, request: &Request, context: &RequestContext) -> Result<Response, ApiError> {
     let path = request.raw_url().split('?').next().unwrap_or("");
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = request.method();
@@ -110,12 +139,12 @@ fn route(app: &App, request: &Request) -> Result<Response, ApiError> {
             only_get(method).map(|()| Response::from_data("application/json", app.openapi.clone()))
         }
         ["api", "v1", "payments"] => match method {
-            "POST" => payments::create(app, request),
-            "GET" => payments::list(app, request),
+            "POST" => payments::create(app, request, context),
+            "GET" => payments::list(app, request, context),
             _ => Err(ApiError::MethodNotAllowed("GET, POST")),
         },
         ["api", "v1", "payments", id] => match method {
-            "GET" => payments::get(app, request, id),
+            "GET" => payments::get(app, request, context, id),
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },
         _ => Err(ApiError::NotFound(format!(

@@ -1,31 +1,87 @@
 //! Route handlers for `/api/v1/payments`.
+//!
+//! Every handler runs in one transaction: [`authorize`] checks the API key and its scope,
+//! which also sets the merchant context that row-level security filters on, and the handler's
+//! queries then see only that merchant's rows. A denied request commits only its audit row.
 
+use postgres::Transaction;
 use rouille::{Request, Response};
+use serde_json::json;
 use uuid::Uuid;
 
-use super::body;
 use super::error::ApiError;
-use super::App;
+use super::{body, App, RequestContext};
 use crate::apikeys::{self, AuthenticatedKey};
-use crate::db::pool::PgConn;
+use crate::audit::{self, ActorType, Event, Outcome};
+use crate::db::pool::StatementCache;
 use crate::payments::store::{self, StoreError};
 use crate::payments::{CreatePaymentRequest, FieldError, ListQuery, NewPayment};
 
-/// Checks the request's API key on `conn`.
-fn authenticate(conn: &mut PgConn, request: &Request) -> Result<AuthenticatedKey, ApiError> {
-    let (client, statements) = conn.parts();
-    apikeys::authenticate(client, statements, request.header("Authorization"))?
-        .map_err(ApiError::Unauthorized)
+const READ: &str = "payments:read";
+const WRITE: &str = "payments:write";
+
+/// Authenticates the request and checks `scope`.
+///
+/// The outer error is a database failure. The inner one is a denial (401 or 403) whose audit
+/// row is already inserted, so the caller commits the transaction before returning it.
+fn authorize(
+    transaction: &mut Transaction<'_>,
+    statements: &mut StatementCache,
+    request: &Request,
+    context: &RequestContext,
+    scope: &'static str,
+) -> Result<Result<AuthenticatedKey, ApiError>, ApiError> {
+    let header = request.header("Authorization");
+    let key = match apikeys::authenticate(transaction, statements, header)? {
+        Ok(key) => key,
+        Err(failure) => {
+            let event = Event::new(ActorType::ApiKey, "auth.failed", Outcome::Denied)
+                .actor(failure.prefix())
+                .source(context.client_ip.clone())
+                .request(context.request_id.clone())
+                .details(json!({"reason": failure.message().split(':').next()}));
+            audit::record_cached(transaction, statements, &event)?;
+            return Ok(Err(ApiError::Unauthorized(failure)));
+        }
+    };
+    if !key.has_scope(scope) {
+        let event = context
+            .event(&key, "auth.scope_denied", Outcome::Denied)
+            .details(json!({"scope": scope, "path": context.path}));
+        audit::record_cached(transaction, statements, &event)?;
+        return Ok(Err(ApiError::Forbidden(scope)));
+    }
+    Ok(Ok(key))
 }
 
 /// `POST /api/v1/payments`: 201 with the payment and its Location.
-pub fn create(app: &App, request: &Request) -> Result<Response, ApiError> {
+pub fn create(
+    app: &App,
+    request: &Request,
+    context: &RequestContext,
+) -> Result<Response, ApiError> {
     let bytes = body::read_json_bytes(request, app.max_body_bytes)?;
     let mut conn = app.pool.get()?;
-    authenticate(&mut conn, request)?;
+    let (mut transaction, statements) = conn.transaction()?;
+    let key = match authorize(&mut transaction, statements, request, context, WRITE)? {
+        Ok(key) => key,
+        Err(denied) => {
+            transaction.commit()?;
+            return Err(denied);
+        }
+    };
 
     let new_payment = parse_create(app, &bytes)?;
-    let payment = store::create(&mut conn, &app.wallet, &new_payment).map_err(store_error)?;
+    let audit = context.event(&key, "payment.created", Outcome::Success);
+    let payment = store::create(
+        &mut transaction,
+        statements,
+        &app.wallet,
+        &new_payment,
+        &audit,
+    )
+    .map_err(store_error)?;
+    transaction.commit()?;
 
     let location = format!("/api/v1/payments/{}", payment.id);
     Ok(Response::json(&payment)
@@ -45,31 +101,81 @@ fn parse_create(app: &App, bytes: &[u8]) -> Result<NewPayment, ApiError> {
         .map_err(ApiError::Validation)
 }
 
-/// `GET /api/v1/payments/{id}`: 200, or 404 for an unknown or malformed id.
-pub fn get(app: &App, request: &Request, id: &str) -> Result<Response, ApiError> {
+/// `GET /api/v1/payments/{id}`: 200, or 404 for an unknown, malformed or other merchant's id.
+pub fn get(
+    app: &App,
+    request: &Request,
+    context: &RequestContext,
+    id: &str,
+) -> Result<Response, ApiError> {
     let mut conn = app.pool.get()?;
-    authenticate(&mut conn, request)?;
+    let (mut transaction, statements) = conn.transaction()?;
+    let key = match authorize(&mut transaction, statements, request, context, READ)? {
+        Ok(key) => key,
+        Err(denied) => {
+            transaction.commit()?;
+            return Err(denied);
+        }
+    };
 
     let not_found = || ApiError::NotFound(format!("no payment with id {id:?}"));
-    let id = Uuid::parse_str(id).map_err(|_| not_found())?;
-    match store::get(&mut conn, id).map_err(store_error)? {
-        Some(payment) => Ok(Response::json(&payment)),
-        None => Err(not_found()),
+    let Ok(id) = Uuid::parse_str(id) else {
+        return Err(not_found());
+    };
+    let payment = store::get(&mut transaction, statements, id).map_err(store_error)?;
+    if payment.is_none() {
+        audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
     }
+    transaction.commit()?;
+    payment
+        .map(|payment| Response::json(&payment))
+        .ok_or_else(not_found)
+}
+
+/// Records a read of another merchant's payment id. The response stays 404, so ids of other
+/// merchants cannot be told from ids that do not exist.
+fn audit_cross_merchant(
+    transaction: &mut Transaction<'_>,
+    statements: &mut StatementCache,
+    context: &RequestContext,
+    key: &AuthenticatedKey,
+    id: Uuid,
+) -> Result<(), ApiError> {
+    let Some(owner) = store::owner_of(transaction, statements, id).map_err(store_error)? else {
+        return Ok(());
+    };
+    if owner == key.merchant_id {
+        return Ok(());
+    }
+    log::warn!(
+        "request_id={} cross-merchant read denied: key_prefix={} payment_id={id}",
+        context.request_id,
+        key.prefix
+    );
+    let event = context
+        .event(key, "payment.cross_merchant_attempt", Outcome::Denied)
+        .object("payment", id.to_string());
+    audit::record_cached(transaction, statements, &event)?;
+    Ok(())
 }
 
 /// `GET /api/v1/payments?status=&limit=&starting_after=`: one page, newest first.
-pub fn list(app: &App, request: &Request) -> Result<Response, ApiError> {
-    let mut conn = app.pool.get()?;
-    authenticate(&mut conn, request)?;
-
+pub fn list(app: &App, request: &Request, context: &RequestContext) -> Result<Response, ApiError> {
     let query = ListQuery::parse(
         request.get_param("status").as_deref(),
         request.get_param("limit").as_deref(),
         request.get_param("starting_after").as_deref(),
-    )
-    .map_err(ApiError::InvalidQuery)?;
-    let page = store::list(&mut conn, &query).map_err(store_error)?;
+    );
+    let mut conn = app.pool.get()?;
+    let (mut transaction, statements) = conn.transaction()?;
+    if let Err(denied) = authorize(&mut transaction, statements, request, context, READ)? {
+        transaction.commit()?;
+        return Err(denied);
+    }
+
+    let query = query.map_err(ApiError::InvalidQuery)?;
+    let page = store::list(&mut transaction, statements, &query).map_err(store_error)?;
+    transaction.commit()?;
     Ok(Response::json(&page))
 }
 

@@ -9,7 +9,10 @@ use postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use super::{format_time, ListQuery, NewPayment, Payment, PaymentList};
-use crate::db::pool::PgConn;
+use postgres::Transaction;
+
+use crate::audit::Event;
+use crate::db::pool::StatementCache;
 use crate::wallet::{DeriveError, Family, Wallet};
 
 /// A failure to store or read a payment.
@@ -26,18 +29,33 @@ pub enum StoreError {
 const NEXT_EVM_INDEX: &str = "SELECT nextval('ctrip.deposit_index_evm')::integer";
 const NEXT_SOLANA_INDEX: &str = "SELECT nextval('ctrip.deposit_index_solana')::integer";
 
+/// Inserts the address, the payment and its audit row in one statement, so the transaction
+/// takes the audit chain's lock only for its last round trip before COMMIT.
 const INSERT_PAYMENT: &str = "
     WITH address AS (
-        INSERT INTO ctrip.deposit_addresses (family, derivation_index, derivation_path, address)
-        VALUES ($1, $2, $3, $4)
+        INSERT INTO ctrip.deposit_addresses
+            (merchant_id, family, derivation_index, derivation_path, address)
+        VALUES ($12, $1, $2, $3, $4)
         RETURNING id
+    ), payment AS (
+        INSERT INTO ctrip.payments
+            (id, merchant_id, chain, token, deposit_address_id, amount, expires_at, reference,
+             metadata)
+        SELECT $5, $12, $6, $7, address.id, $8::text::numeric,
+               now() + make_interval(secs => $9), $10, $11
+        FROM address
+        RETURNING id, created_at, expires_at
+    ), event AS (
+        INSERT INTO ctrip.audit_events
+            (actor_type, actor_id, merchant_id, action, object_type, object_id, outcome,
+             source_address, request_id, details)
+        SELECT 'api_key', $13, $12, 'payment.created', 'payment', payment.id::text, 'success',
+               $14, $15,
+               jsonb_build_object('chain', $6::text, 'token', $7::text, 'amount', $8::text,
+                                  'address', $4::text)
+        FROM payment
     )
-    INSERT INTO ctrip.payments
-        (id, chain, token, deposit_address_id, amount, expires_at, reference, metadata)
-    SELECT $5, $6, $7, address.id, $8::text::numeric,
-           now() + make_interval(secs => $9), $10, $11
-    FROM address
-    RETURNING created_at, expires_at";
+    SELECT created_at, expires_at FROM payment";
 
 /// The SELECT list and joins of a payment as the API shows it; a pending payment past its
 /// expiry reads as expired. A macro, because `concat!` only takes literals.
@@ -69,17 +87,25 @@ const LIST_PAYMENTS: &str = concat!(
 
 const CURSOR_POSITION: &str = "SELECT created_at FROM ctrip.payments WHERE id = $1";
 
-/// Creates the payment and its deposit address in one transaction and returns it.
-pub fn create(conn: &mut PgConn, wallet: &Wallet, new: &NewPayment) -> Result<Payment, StoreError> {
+const PAYMENT_MERCHANT: &str = "SELECT ctrip.payment_merchant($1)";
+
+/// Creates the payment, its deposit address and its audit row in `transaction`, which must
+/// carry the merchant context of `audit` (see `apikeys::authenticate`).
+pub fn create(
+    transaction: &mut Transaction<'_>,
+    statements: &mut StatementCache,
+    wallet: &Wallet,
+    new: &NewPayment,
+    audit: &Event,
+) -> Result<Payment, StoreError> {
     let id = Uuid::now_v7();
     let family = new.chain.family;
-    let (mut transaction, statements) = conn.transaction()?;
 
-    let next_index = statements.get(&mut transaction, next_index_sql(family))?;
+    let next_index = statements.get(transaction, next_index_sql(family))?;
     let index: i32 = transaction.query_one(&next_index, &[])?.get(0);
     let derived = wallet.derive(family, index as u32)?;
 
-    let insert = statements.get(&mut transaction, INSERT_PAYMENT)?;
+    let insert = statements.get(transaction, INSERT_PAYMENT)?;
     let token = new.token.as_ref().map(|(symbol, _)| symbol.as_str());
     let row = transaction.query_one(
         &insert,
@@ -95,9 +121,12 @@ pub fn create(conn: &mut PgConn, wallet: &Wallet, new: &NewPayment) -> Result<Pa
             &f64::from(new.expires_in_s),
             &new.reference,
             &new.metadata,
+            &audit.merchant_id,
+            &audit.actor_id,
+            &audit.source_address,
+            &audit.request_id,
         ],
     )?;
-    transaction.commit()?;
 
     Ok(Payment {
         id,
@@ -123,17 +152,33 @@ fn next_index_sql(family: Family) -> &'static str {
     }
 }
 
-/// Returns the payment with `id`, or `None` when there is none.
-pub fn get(conn: &mut PgConn, id: Uuid) -> Result<Option<Payment>, StoreError> {
-    let (client, statements) = conn.parts();
+/// Returns the payment with `id` if the current merchant may see it.
+pub fn get<C: GenericClient>(
+    client: &mut C,
+    statements: &mut StatementCache,
+    id: Uuid,
+) -> Result<Option<Payment>, StoreError> {
     let statement = statements.get(client, GET_PAYMENT)?;
     let row = client.query_opt(&statement, &[&id])?;
     Ok(row.as_ref().map(payment_from_row))
 }
 
-/// Returns one page of payments, newest first.
-pub fn list(conn: &mut PgConn, query: &ListQuery) -> Result<PaymentList, StoreError> {
-    let (client, statements) = conn.parts();
+/// Returns the merchant owning payment `id`, whatever the current merchant is.
+pub fn owner_of<C: GenericClient>(
+    client: &mut C,
+    statements: &mut StatementCache,
+    id: Uuid,
+) -> Result<Option<Uuid>, StoreError> {
+    let statement = statements.get(client, PAYMENT_MERCHANT)?;
+    Ok(client.query_one(&statement, &[&id])?.get(0))
+}
+
+/// Returns one page of the current merchant's payments, newest first.
+pub fn list<C: GenericClient>(
+    client: &mut C,
+    statements: &mut StatementCache,
+    query: &ListQuery,
+) -> Result<PaymentList, StoreError> {
     let cursor: Option<chrono::DateTime<chrono::Utc>> = match query.starting_after {
         None => None,
         Some(id) => {

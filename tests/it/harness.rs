@@ -149,6 +149,11 @@ impl TestDb {
         ctrip::db::connect(&params, Some(&cluster.connector(SslMode::VerifyFull))).unwrap()
     }
 
+    /// Opens a session as the runtime login, the role the server runs as.
+    pub fn runtime(&self) -> postgres::Client {
+        cluster().connect("ctrip_runtime", &self.name)
+    }
+
     pub fn count(&self, table: &str) -> i64 {
         let sql = format!("SELECT count(*) FROM ctrip.{table}");
         self.owner().query_one(sql.as_str(), &[]).unwrap().get(0)
@@ -325,9 +330,28 @@ impl Drop for TestApp {
     }
 }
 
-/// Creates an API key in `db` and records it for the end-of-run secret scan.
+/// Creates a merchant named `name` in `db` and returns its id.
+pub fn create_merchant(db: &TestDb, name: &str) -> uuid::Uuid {
+    ctrip::merchants::create(&mut db.owner(), name).unwrap().id
+}
+
+/// Creates an API key for `merchant` with `scopes`, recorded for the end-of-run secret scan.
+pub fn create_key_for(db: &TestDb, merchant: uuid::Uuid, scopes: &[&str]) -> String {
+    let scopes: Vec<String> = scopes.iter().map(|scope| (*scope).to_owned()).collect();
+    let (_, secret) = ctrip::apikeys::create(&mut db.owner(), merchant, "test", &scopes).unwrap();
+    record_api_key(secret.expose());
+    secret.expose().to_owned()
+}
+
+/// Creates a read-write API key for the merchant named "test", creating it when missing.
 pub fn create_api_key(db: &TestDb, name: &str) -> String {
-    let (_, secret) = ctrip::apikeys::create(&mut db.owner(), name).unwrap();
+    let existing = ctrip::merchants::list(&mut db.owner()).unwrap();
+    let merchant = match existing.iter().find(|merchant| merchant.name == "test") {
+        Some(merchant) => merchant.id,
+        None => create_merchant(db, "test"),
+    };
+    let scopes = vec!["payments:read".to_owned(), "payments:write".to_owned()];
+    let (_, secret) = ctrip::apikeys::create(&mut db.owner(), merchant, name, &scopes).unwrap();
     record_api_key(secret.expose());
     secret.expose().to_owned()
 }
@@ -415,4 +439,9 @@ pub fn send(
 /// Returns the captured log text of this test binary so far.
 pub fn captured_log() -> String {
     fs::read_to_string(cluster().log_file()).unwrap_or_default()
+}
+
+/// Returns a database error's message with its server-side detail.
+pub fn error_text(err: &postgres::Error) -> String {
+    ctrip::db::error_chain(err)
 }

@@ -9,5 +9,6 @@ mod concurrency;
 mod migrations;
 mod payments;
 mod pool;
+mod security;
 mod tls;
 mod validation;
