@@ -39,10 +39,10 @@ impl Report {
 const MAX_PROBLEMS: usize = 100;
 
 const SELECT_ROWS: &str = "
-    SELECT id, id::text, ((extract(epoch FROM occurred_at) * 1000000)::bigint)::text,
+    SELECT id, id::text AS id_text, ((extract(epoch FROM occurred_at) * 1000000)::bigint)::text,
            actor_type, actor_id, merchant_id::text, action, object_type, object_id, outcome,
            source_address, request_id, details::text, prev_hash, hash
-    FROM ctrip.audit_events ORDER BY id";
+    FROM ctrip.audit_events ORDER BY 1";
 
 /// Appends a field as the chain encodes it: a 4-byte big-endian length and the UTF-8 bytes,
 /// or 0xFFFFFFFF alone for NULL.

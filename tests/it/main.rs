@@ -3,9 +3,11 @@
 mod harness;
 
 mod api_basics;
+mod audit;
 mod auth;
 mod cli;
 mod concurrency;
+mod merchants;
 mod migrations;
 mod payments;
 mod pool;
