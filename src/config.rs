@@ -157,6 +157,9 @@ pub struct DatabaseConfig {
     pub statement_timeout_ms: u64,
     #[serde(default = "default_idle_in_transaction_timeout_ms")]
     pub idle_in_transaction_session_timeout_ms: u64,
+    /// How often `ctrip serve` checks the TLS files for a change, in milliseconds.
+    #[serde(default = "default_tls_watch_interval_ms")]
+    pub tls_watch_interval_ms: u64,
     /// The login that serves requests.
     pub runtime: DatabaseLogin,
     /// The login that applies migrations; defaults to the runtime login.
@@ -180,6 +183,9 @@ fn default_statement_timeout_ms() -> u64 {
 }
 fn default_idle_in_transaction_timeout_ms() -> u64 {
     10_000
+}
+fn default_tls_watch_interval_ms() -> u64 {
+    2000
 }
 
 /// One database identity: user name and where its password comes from.
@@ -497,6 +503,7 @@ impl Config {
                 "idle_in_transaction_session_timeout_ms",
                 db.idle_in_transaction_session_timeout_ms,
             ),
+            ("tls_watch_interval_ms", db.tls_watch_interval_ms),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!(

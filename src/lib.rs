@@ -15,4 +15,5 @@ pub mod merchants;
 pub mod payments;
 pub mod secret;
 pub mod serve;
+pub mod tls_watch;
 pub mod wallet;

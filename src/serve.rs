@@ -18,6 +18,7 @@ use crate::db::{self, migrate, pool, ConnectParams, SharedTls};
 use crate::http::body::BodySchema;
 use crate::http::{self, App, Server};
 use crate::payments::CreatePaymentRequest;
+use crate::tls_watch::TlsWatcher;
 use crate::wallet::Wallet;
 
 /// A started server with what the start-up log line reports.
@@ -26,6 +27,7 @@ pub struct Running {
     pub app: Arc<App>,
     pub migrations_applied: usize,
     pub checkpoints: Option<Checkpointer>,
+    pub tls_watch: TlsWatcher,
 }
 
 /// Builds everything and starts serving; returns once the port is open.
@@ -49,7 +51,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     };
 
     let runtime_params = ConnectParams::runtime(config)?;
-    let manager = pool::Manager::new(runtime_params, tls.clone());
+    let manager = pool::Manager::new(runtime_params.clone(), tls.clone());
     let pool = pool::build(&config.pool, manager);
     pool.get().map_err(|err| {
         anyhow::anyhow!(
@@ -82,6 +84,9 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         _ => None,
     };
 
+    let watch_interval = Duration::from_millis(config.database.tls_watch_interval_ms);
+    let tls_watch = TlsWatcher::start(app.clone(), runtime_params, watch_interval);
+
     log_summary(
         config,
         &server,
@@ -95,6 +100,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         app,
         migrations_applied: applied.len(),
         checkpoints,
+        tls_watch,
     })
 }
 
@@ -216,9 +222,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let running = start(config)?;
     for signal in signals.forever() {
         if signal == SIGHUP {
-            // NOTE: certificate and log-level reload on SIGHUP is not built yet; the
-            // signal is logged and ignored so systemd's ExecReload does not kill the server.
-            log::warn!("SIGHUP received: reload is not supported yet, nothing changed");
+            log::info!("SIGHUP received: reloading the TLS files and the log level");
+            running.tls_watch.reload_now();
+            reload_log_level(config);
             continue;
         }
         break;
@@ -236,12 +242,26 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             timeout.as_secs()
         );
     }
+    running.tls_watch.stop();
     if let Some(checkpoints) = running.checkpoints {
         checkpoints.stop();
     }
     drop(running.app);
     log::info!("ctrip stopped");
     Ok(())
+}
+
+/// Applies `log.level` from the config file again; other settings need a restart.
+fn reload_log_level(config: &Config) {
+    let reloaded = Config::load(std::path::Path::new(&config.origin));
+    let result = reloaded.map_err(|err| err.to_string()).and_then(|fresh| {
+        crate::logging::set_level(&fresh.log.level).map(|changed| (changed, fresh))
+    });
+    match result {
+        Ok((true, fresh)) => log::info!("log level set to {}", fresh.log.level),
+        Ok((false, _)) => log::info!("RUST_LOG is set, so it keeps deciding the log level"),
+        Err(err) => log::error!("log level not reloaded: {err}"),
+    }
 }
 
 /// Opens a session as the migration login, for CLI commands that change the schema or keys.

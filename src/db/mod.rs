@@ -6,10 +6,12 @@
 
 pub mod migrate;
 pub mod pool;
+pub mod rotation;
 pub mod tls;
 
+pub use rotation::{SharedTls, TlsState};
+
 use std::error::Error as _;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -17,7 +19,7 @@ use postgres::{Client, NoTls};
 
 use crate::config::{Config, ConfigError, DatabaseLogin};
 use crate::secret::Secret;
-use tls::{SslMode, TlsConnector, TlsError, TlsFiles, TlsMaterial};
+use tls::{SslMode, TlsConnector};
 
 /// Everything needed to open one session as one login.
 #[derive(Debug, Clone)]
@@ -185,68 +187,6 @@ fn connect_error(params: &ConnectParams, mode: SslMode, source: postgres::Error)
 /// Quotes an SQL identifier, doubling embedded quotes.
 pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The TLS connector in use, with a generation number that grows on every replacement.
-pub struct TlsState {
-    pub connector: Option<TlsConnector>,
-    pub generation: u64,
-    pub ca_fingerprint: Option<String>,
-    pub client_fingerprint: Option<String>,
-}
-
-/// The one handle every connection attempt reads its TLS settings from, so replacing the
-/// certificates is one swap here.
-pub struct SharedTls {
-    current: RwLock<Arc<TlsState>>,
-}
-
-impl SharedTls {
-    /// Loads the files for `mode` and builds the first connector (generation 1).
-    pub fn load(mode: SslMode, files: &TlsFiles) -> Result<SharedTls, TlsError> {
-        let state = if mode == SslMode::Disable {
-            TlsState {
-                connector: None,
-                generation: 1,
-                ca_fingerprint: None,
-                client_fingerprint: None,
-            }
-        } else {
-            let material = TlsMaterial::load(files)?;
-            TlsState {
-                connector: Some(TlsConnector::build(mode, &material)?),
-                generation: 1,
-                ca_fingerprint: Some(material.ca_fingerprint()),
-                client_fingerprint: material.client_fingerprint(),
-            }
-        };
-        Ok(SharedTls {
-            current: RwLock::new(Arc::new(state)),
-        })
-    }
-
-    /// Loads the TLS files named in `config`.
-    pub fn from_config(config: &Config) -> Result<SharedTls, TlsError> {
-        let db = &config.database;
-        let files = TlsFiles {
-            rootcert: db.sslrootcert.clone(),
-            cert: db.sslcert.clone(),
-            key: db.sslkey.clone(),
-        };
-        SharedTls::load(db.sslmode, &files)
-    }
-
-    pub fn current(&self) -> Arc<TlsState> {
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    /// Opens one session with the current TLS settings.
-    pub fn connect(&self, params: &ConnectParams) -> Result<Client, ConnectError> {
-        connect(params, self.current().connector.as_ref())
-    }
 }
 
 /// True when `err` means the database is unreachable or refusing work for now, so the caller

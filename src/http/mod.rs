@@ -160,14 +160,31 @@ fn only_get(method: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Describes the TLS set in use: generation, fingerprints, days to expiry, last reload.
+fn tls_status(app: &App) -> serde_json::Value {
+    let tls = app.tls.current();
+    let now = crate::db::rotation::unix_now();
+    let describe = |cert: &crate::db::tls::CertSummary| {
+        json!({
+            "sha256": cert.sha256,
+            "subject": cert.subject,
+            "serial": cert.serial,
+            "days_until_expiry": cert.days_left(now),
+        })
+    };
+    let summary = tls.summary.as_ref();
+    json!({
+        "sslmode": app.tls.mode().as_str(),
+        "generation": tls.generation,
+        "ca": summary.map(|s| s.ca.iter().map(describe).collect::<Vec<_>>()),
+        "client": summary.and_then(|s| s.client.as_ref()).map(describe),
+        "last_reload": app.tls.last_reload(),
+    })
+}
+
 /// Returns 200 when a pooled session responds and every migration is applied, else 503.
 fn ready(app: &App) -> Response {
-    let tls = app.tls.current();
-    let tls_json = json!({
-        "generation": tls.generation,
-        "ca_sha256": tls.ca_fingerprint,
-        "client_sha256": tls.client_fingerprint,
-    });
+    let tls_json = tls_status(app);
     let check = || -> Result<bool, String> {
         let mut conn = app
             .pool

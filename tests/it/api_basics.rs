@@ -12,7 +12,18 @@ fn health_and_ready_are_ok() {
     assert_eq!(health.status, 200);
     assert_eq!(ready.status, 200, "{}", ready.text);
     assert_eq!(ready.json["migrations"], "current");
-    assert_eq!(ready.json["tls"]["ca_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        ready.json["tls"]["ca"][0]["sha256"].as_str().unwrap().len(),
+        64
+    );
+    assert_eq!(ready.json["tls"]["client"]["subject"], "ctrip");
+    assert!(
+        ready.json["tls"]["client"]["days_until_expiry"]
+            .as_i64()
+            .unwrap()
+            > 3000
+    );
+    assert_eq!(ready.json["tls"]["generation"], 1);
 }
 
 #[test]

@@ -326,6 +326,10 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
             running.server.stop(Duration::from_secs(10));
+            running.tls_watch.stop();
+            if let Some(checkpoints) = running.checkpoints {
+                checkpoints.stop();
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ mod merchants;
 mod migrations;
 mod payments;
 mod pool;
+mod rotation;
 mod security;
 mod tls;
 mod validation;

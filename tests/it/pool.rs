@@ -122,9 +122,22 @@ fn connection_failures_summarized_in_audit() {
     let mut owner = app.db.owner();
     let revoke = format!("REVOKE CONNECT ON DATABASE {} FROM ctrip_app", app.db.name);
     let grant = format!("GRANT CONNECT ON DATABASE {} TO ctrip_app", app.db.name);
-    let config = ctrip::config::PoolConfig { max_size: 2, min_idle: 0, connection_timeout_ms: 500, ..Default::default() };
-    let params = ctrip::db::ConnectParams::runtime(&crate::harness::parse_config(&crate::harness::base_config(&app.db)).unwrap()).unwrap();
-    let tls = std::sync::Arc::new(ctrip::db::SharedTls::from_config(&crate::harness::parse_config(&crate::harness::base_config(&app.db)).unwrap()).unwrap());
+    let config = ctrip::config::PoolConfig {
+        max_size: 2,
+        min_idle: 0,
+        connection_timeout_ms: 500,
+        ..Default::default()
+    };
+    let params = ctrip::db::ConnectParams::runtime(
+        &crate::harness::parse_config(&crate::harness::base_config(&app.db)).unwrap(),
+    )
+    .unwrap();
+    let tls = std::sync::Arc::new(
+        ctrip::db::SharedTls::from_config(
+            &crate::harness::parse_config(&crate::harness::base_config(&app.db)).unwrap(),
+        )
+        .unwrap(),
+    );
     let pool = ctrip::db::pool::build(&config, ctrip::db::pool::Manager::new(params, tls));
 
     owner.batch_execute(&revoke).unwrap();
