@@ -323,3 +323,22 @@ pub fn audit_tail(config: &Config, since: Option<&str>, limit: i64) -> anyhow::R
     }
     Ok(())
 }
+
+/// `ctrip doctor [--json]`: exits non-zero when a critical check fails.
+pub fn doctor(config: &Config, json_output: bool) -> anyhow::Result<()> {
+    let checks = crate::doctor::run(config);
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        print!("{}", crate::doctor::render_text(&checks));
+    }
+    let critical: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.is_critical_failure())
+        .map(|c| c.id)
+        .collect();
+    if !critical.is_empty() {
+        bail!("critical checks failed: {}", critical.join(", "));
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod chains;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod doctor;
 pub mod http;
 pub mod logging;
 pub mod merchants;

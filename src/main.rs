@@ -43,6 +43,12 @@ enum Command {
     /// Verify, read and checkpoint the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditAction),
+    /// Check the deployment's security posture; exit 1 when a critical check fails.
+    Doctor {
+        /// Print the checks as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli::audit_tail(&config, since.as_deref(), limit)
         }
         Command::Audit(AuditAction::Checkpoint) => cli::audit_checkpoint(&config),
+        Command::Doctor { json } => cli::doctor(&config, json),
         Command::Audit(AuditAction::Keygen { .. }) => {
             unreachable!("handled before loading the config")
         }

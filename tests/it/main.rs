@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod cli;
 mod concurrency;
+mod doctor;
 mod merchants;
 mod migrations;
 mod payments;
