@@ -53,7 +53,13 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     let runtime_params = ConnectParams::runtime(config)?;
     let manager = pool::Manager::new(runtime_params.clone(), tls.clone());
     let pool = pool::build(&config.pool, manager);
-    pool.get().map_err(|err| {
+    // The first session may take longer than a request would wait (TLS, SCRAM), so the
+    // start-up check waits for the longer of the two limits.
+    let first_timeout = config
+        .pool
+        .connection_timeout()
+        .max(Duration::from_millis(config.database.connect_timeout_ms));
+    pool.get_timeout(first_timeout).map_err(|err| {
         anyhow::anyhow!(
             "cannot open a pooled connection as {}: {err}",
             config.database.runtime.user

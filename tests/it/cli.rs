@@ -33,6 +33,7 @@ pub fn stderr(output: &Output) -> String {
 pub struct ServerProcess {
     child: Child,
     pub base: String,
+    pub log_path: PathBuf,
 }
 
 impl ServerProcess {
@@ -58,7 +59,19 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let base = wait_for_listen(&log_path);
-        ServerProcess { child, base }
+        ServerProcess {
+            child,
+            base,
+            log_path,
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 
     /// Sends SIGTERM and returns the exit code.
@@ -233,5 +246,29 @@ fn sigterm_stops_cleanly() {
     let code = server.stop();
 
     assert_eq!(health.status, 200);
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn sighup_reloads_without_restart() {
+    let db = TestDb::create();
+    let server = ServerProcess::start(&db);
+
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let health = crate::harness::send(&server.base, "GET", "/health", None, &[]);
+    let log = std::fs::read_to_string(&server.log_path).unwrap();
+    let code = server.stop();
+
+    assert_eq!(health.status, 200);
+    assert!(
+        log.contains("SIGHUP received: reloading the TLS files and the log level"),
+        "{log}"
+    );
+    assert!(
+        log.contains("TLS reload requested: the files are unchanged"),
+        "{log}"
+    );
+    assert!(log.contains("log level set to debug"), "{log}");
     assert_eq!(code, Some(0));
 }

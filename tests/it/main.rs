@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod concurrency;
 mod doctor;
+mod faults;
 mod merchants;
 mod migrations;
 mod payments;

@@ -143,7 +143,7 @@ fn connection_failures_summarized_in_audit() {
     owner.batch_execute(&revoke).unwrap();
     let refused = pool.get().is_err();
     owner.batch_execute(&grant).unwrap();
-    let recovered = pool.get().is_ok();
+    let recovered = pool.get_timeout(Duration::from_secs(10)).is_ok();
 
     assert!(refused);
     assert!(recovered);
