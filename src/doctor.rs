@@ -1,9 +1,9 @@
 //! `ctrip doctor`: posture checks of a deployment, from client connections, no superuser.
 //!
 //! Each check has a stable id, a severity, a status, the evidence it saw and the fix. The
-//! runtime login's own session shows what the server really gets (TLS, role attributes,
-//! settings); the migration login, which owns the schema, verifies migrations and the audit
-//! chain. A check whose facts this role may not read is skipped and says so.
+//! runtime login's own session shows what the server really gets: TLS, role attributes and
+//! settings. The migration login owns the schema, so it verifies migrations and the audit
+//! chain. A check whose facts the login may not read is skipped and says so.
 
 use std::os::unix::fs::MetadataExt;
 
