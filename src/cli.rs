@@ -27,6 +27,10 @@ fn show_time(time: Option<DateTime<Utc>>) -> String {
 pub fn migrate_apply(config: &Config) -> anyhow::Result<()> {
     let mut client = serve::migration_client(config)?;
     let applied = migrate::apply(&mut client, &migrate::embedded())?;
+    crate::chains::sync(
+        &mut client,
+        &crate::chains::ChainRegistry::from_config(&config.chains),
+    )?;
     if applied.is_empty() {
         println!("migrations are current; nothing to apply");
     }

@@ -23,7 +23,7 @@ use crate::wallet::{Family, Mnemonic};
 /// A configuration problem, with the file or variable and the key it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source}: pass --config PATH or set CTRIP_CONFIG")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -105,6 +105,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Time in-flight requests get to finish after SIGTERM, in seconds.
     pub shutdown_timeout_s: u64,
+    /// Apply migrations and write the chains at start-up as the migration login. With false,
+    /// `serve` needs only the runtime login and refuses a schema `ctrip migrate` has not updated.
+    pub migrate_on_start: bool,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +117,7 @@ impl Default for ServerConfig {
             workers: 16,
             max_body_bytes: 64 * 1024,
             shutdown_timeout_s: 20,
+            migrate_on_start: true,
         }
     }
 }

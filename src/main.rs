@@ -126,9 +126,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let line = error_line(&err);
-            log::error!("{line}");
-            eprintln!("error: {line}");
+            // One line on stderr, which journald also keeps under systemd.
+            eprintln!("error: {}", error_line(&err));
             ExitCode::FAILURE
         }
     }

@@ -38,19 +38,30 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     let tls = Arc::new(SharedTls::from_config(config).context("invalid database TLS settings")?);
     let chains = ChainRegistry::from_config(&config.chains);
 
-    let migration_params = ConnectParams::migration(config)?;
     let migrations = migrate::embedded();
-    let mut client = tls.connect(&migration_params)?;
-    let applied = migrate::apply(&mut client, &migrations)?;
-    chains::sync(&mut client, &chains)?;
-    audit_relaxed_start(config, &mut client)?;
-    drop(client);
+    let applied = if config.server.migrate_on_start {
+        let mut owner = tls.connect(&ConnectParams::migration(config)?)?;
+        let applied = migrate::apply(&mut owner, &migrations)?;
+        chains::sync(&mut owner, &chains)?;
+        applied.len()
+    } else {
+        0
+    };
     let audit_key = match &config.audit.key_file {
         Some(path) => Some(checkpoint::load_key(path)?),
         None => None,
     };
 
     let runtime_params = ConnectParams::runtime(config)?;
+    // One direct session first, so a wrong password or host fails at once with its hint
+    // instead of after the pool's retries.
+    let mut runtime = tls.connect(&runtime_params)?;
+    if !config.server.migrate_on_start {
+        check_schema_current(&mut runtime, &migrations, &chains)?;
+    }
+    check_seed(&mut runtime, &wallet)?;
+    audit_relaxed_start(config, &mut runtime)?;
+    drop(runtime);
     let manager = pool::Manager::new(runtime_params.clone(), tls.clone());
     let pool = pool::build(&config.pool, manager);
     // The first session may take longer than a request would wait (TLS, SCRAM), so the
@@ -76,6 +87,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         migrations: migrations.clone(),
         create_payment_schema: BodySchema::of::<CreatePaymentRequest>(),
         openapi: http::openapi::document().to_string(),
+        auth_failures: Default::default(),
     });
     let server = Server::start(app.clone(), &config.server.listen, config.server.workers)
         .map_err(anyhow::Error::msg)?;
@@ -98,16 +110,72 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         &server,
         &app,
         &migrations,
-        applied.len(),
+        applied,
         started.elapsed(),
     );
     Ok(Running {
         server,
         app,
-        migrations_applied: applied.len(),
+        migrations_applied: applied,
         checkpoints,
         tls_watch,
     })
+}
+
+/// With `server.migrate_on_start = false`, refuses to serve a schema or chain list that
+/// `ctrip migrate` has not brought up to date, since the runtime login may not change either.
+fn check_schema_current(
+    client: &mut postgres::Client,
+    migrations: &[migrate::Migration],
+    chains: &ChainRegistry,
+) -> anyhow::Result<()> {
+    let lines = migrate::status(client, migrations)?;
+    let pending: Vec<String> = lines
+        .iter()
+        .filter(|line| line.state != migrate::MigrationState::Applied)
+        .map(|line| format!("{:04} {:?}", line.version, line.state).to_lowercase())
+        .collect();
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "migrations are not current ({}) and server.migrate_on_start is false: run `ctrip \
+             migrate` with the migration login first",
+            pending.join(", ")
+        );
+    }
+    let rows = client.query("SELECT name FROM ctrip.chains WHERE enabled", &[])?;
+    let stored: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    for chain in chains.iter() {
+        if !stored.contains(&chain.name) {
+            anyhow::bail!(
+                "chain {:?} from the config is not in the database: run `ctrip migrate`, which \
+                 also writes the configured chains and tokens",
+                chain.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Records the seed fingerprint on first start, and refuses a seed other than the recorded one.
+fn check_seed(client: &mut postgres::Client, wallet: &Wallet) -> anyhow::Result<()> {
+    let configured = wallet
+        .fingerprint()
+        .context("cannot fingerprint the seed")?;
+    client.execute(
+        "INSERT INTO ctrip.wallet_seed (fingerprint) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&configured],
+    )?;
+    let stored: String = client
+        .query_one("SELECT fingerprint FROM ctrip.wallet_seed", &[])?
+        .get(0);
+    if stored != configured {
+        anyhow::bail!(
+            "the configured mnemonic or passphrase is not the one this database's deposit \
+             addresses come from (seed fingerprint in the database {stored}, configured \
+             {configured}): start ctrip with the original mnemonic and passphrase"
+        );
+    }
+    Ok(())
 }
 
 /// Records a start-up in production with settings that weaken security, and warns about it.

@@ -170,10 +170,14 @@ pub fn connect(params: &ConnectParams, tls: Option<&TlsConnector>) -> Result<Cli
 }
 
 fn connect_error(params: &ConnectParams, mode: SslMode, source: postgres::Error) -> ConnectError {
-    let detail = match source.source() {
+    let mut detail = match source.source() {
         Some(cause) => error_chain(cause),
         None => source.to_string(),
     };
+    if let Some(hint) = connect_hint(&source, &detail, params) {
+        detail.push_str(": ");
+        detail.push_str(&hint);
+    }
     ConnectError {
         host: params.host.clone(),
         port: params.port,
@@ -182,6 +186,45 @@ fn connect_error(params: &ConnectParams, mode: SslMode, source: postgres::Error)
         detail,
         source,
     }
+}
+
+/// Suggests the setting to check for common connection failures.
+fn connect_hint(source: &postgres::Error, detail: &str, params: &ConnectParams) -> Option<String> {
+    let hint = match source.code() {
+        Some(&SqlState::INVALID_PASSWORD) => format!(
+            "check the password of {} (its password_file, or CTRIP_DATABASE_PASSWORD / \
+             CTRIP_MIGRATION_PASSWORD)",
+            params.user
+        ),
+        Some(&SqlState::INVALID_CATALOG_NAME) => {
+            format!(
+                "database {} does not exist: check database.dbname",
+                params.dbname
+            )
+        }
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) => format!(
+            "the server's pg_hba.conf has no TLS entry for {} on this database",
+            params.user
+        ),
+        _ if detail.contains("Connection refused") => format!(
+            "nothing accepts connections at {}:{}: check database.host and database.port, and \
+             that PostgreSQL is running",
+            params.host, params.port
+        ),
+        _ if detail.contains("does not support TLS") => {
+            "enable ssl on the server; ctrip never falls back to plaintext".to_owned()
+        }
+        _ if detail.contains("mismatch") => format!(
+            "the server certificate does not name {}: set database.host to a name in its \
+             subjectAltName, or use sslmode \"verify-ca\"",
+            params.host
+        ),
+        _ if detail.contains("certificate verify failed") => "check database.sslrootcert: it \
+             must contain the CA that signed the server certificate"
+            .to_owned(),
+        _ => return None,
+    };
+    Some(hint)
 }
 
 /// Quotes an SQL identifier, doubling embedded quotes.

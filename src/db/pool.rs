@@ -169,16 +169,32 @@ impl ManageConnection for Manager {
     }
 }
 
-/// Logs connection failures at warn: the pool retries, and requests get 503 meanwhile.
-#[derive(Debug)]
-struct WarnOnError;
+/// Logs connection failures at warn, at most one line per 5 seconds with the count of the
+/// failures in between: the pool retries, and requests get 503 meanwhile.
+#[derive(Debug, Default)]
+struct WarnOnError {
+    last: Mutex<Option<(std::time::Instant, u64)>>,
+}
 
 impl HandleError<PoolError> for WarnOnError {
     fn handle_error(&self, error: PoolError) {
-        match error {
-            PoolError::Retired { .. } => log::debug!("{error}"),
-            PoolError::Connect(_) => {
-                log::warn!("database connection failed, the pool will retry: {error}")
+        if let PoolError::Retired { .. } = error {
+            log::debug!("{error}");
+            return;
+        }
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match last.as_mut() {
+            Some((at, skipped)) if at.elapsed() < Duration::from_secs(5) => *skipped += 1,
+            _ => {
+                let skipped = last.map_or(0, |(_, skipped)| skipped);
+                log::warn!(
+                    "database connection failed, the pool will retry: {error} \
+                     (failures not logged since the previous line: {skipped})"
+                );
+                *last = Some((std::time::Instant::now(), 0));
             }
         }
     }
@@ -196,6 +212,6 @@ pub fn build(config: &PoolConfig, manager: Manager) -> Pool {
         .max_lifetime(Some(Duration::from_secs(config.max_lifetime_s)))
         .idle_timeout(Some(Duration::from_secs(config.idle_timeout_s)))
         .test_on_check_out(config.test_on_check_out)
-        .error_handler(Box::new(WarnOnError))
+        .error_handler(Box::new(WarnOnError::default()))
         .build_unchecked(manager)
 }

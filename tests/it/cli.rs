@@ -272,3 +272,58 @@ fn sighup_reloads_without_restart() {
     assert!(log.contains("log level set to debug"), "{log}");
     assert_eq!(code, Some(0));
 }
+
+#[test]
+fn other_seed_refused_at_start() {
+    let db = TestDb::create();
+    let first = ServerProcess::start(&db);
+    assert_eq!(first.stop(), Some(0));
+    let mut table = base_config(&db);
+    let other = cluster().write_file(
+        "mnemonic",
+        "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about\n",
+        0o600,
+    );
+    crate::harness::set(
+        &mut table,
+        "wallet",
+        "mnemonic_file",
+        other.display().to_string(),
+    );
+    let config = write_config(&table);
+
+    let output = ctrip(&config, &["serve"]);
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("seed fingerprint in the database"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn serve_without_migrating_needs_current_schema() {
+    let db = TestDb::create();
+    let mut table = base_config(&db);
+    crate::harness::set(&mut table, "server", "migrate_on_start", false);
+    table["database"]
+        .as_table_mut()
+        .unwrap()
+        .remove("migration");
+    let runtime_only = write_config(&table);
+    let full = write_config(&base_config(&db));
+
+    let before = ctrip(&runtime_only, &["serve"]);
+    let migrated = ctrip(&full, &["migrate"]);
+
+    assert_eq!(before.status.code(), Some(1));
+    assert!(
+        stderr(&before).contains("run `ctrip migrate`"),
+        "{}",
+        stderr(&before)
+    );
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let started = ServerProcess::start_with(&db, &table);
+    assert_eq!(started.stop(), Some(0));
+}
