@@ -445,17 +445,21 @@ const METHOD: &str = "## Method
   certificate, as in production.
 - The load comes from `ctrip-bench load` (examples/ctrip-bench) on the same two cores: one
   thread and one keep-alive HTTP/1.1 connection per client, each sending its next request
-  as soon as the previous response arrives. Latency is per request, from writing the request
-  to reading the whole response; percentiles are nearest-rank over every measured request.
-  Errors count any non-2xx status or I/O error, warm-up included.
-- get reads payments created by the create-evm scenario at the same client count; list reads
+  as soon as the previous response arrives. Clients connect one after another during the
+  warm-up, because tiny_http 0.12 can leave a connection unserved when several arrive at once.
+  Latency is per request, from writing the request to reading the whole response.
+  Percentiles are nearest-rank over every measured request. Errors count any non-2xx status
+  or I/O error, warm-up included.
+- get reads payments created by the create-evm scenario at the same client count. list reads
   the first page (20 payments) of a merchant that by then has tens of thousands of payments.
+  Both run after `VACUUM ANALYZE`, so the planner sees current statistics, as it would on a
+  server that has run for a while.
 - pgbench (`-M prepared`, over TLS with verify-full and the client certificate, as
   `ctrip_runtime`) runs bench/create_payment.sql: open the merchant context with
   `ctrip.begin_request` (row-level security requires it), `nextval`, insert the deposit
   address, insert the payment, commit. The row \"with audit row\" runs
   bench/create_payment_audited.sql, which also inserts the audit event as ctrip does.
 - Memory is VmHWM from /proc/PID/status of `ctrip serve` after all HTTP scenarios.
-  Derivation uses the public test mnemonic; start-up is timed from spawning `ctrip serve` to
+  Derivation uses the public test mnemonic. Start-up is timed from spawning `ctrip serve` to
   its first 200 from /ready, with migrations already applied.
 ";
