@@ -10,6 +10,7 @@
 mod http;
 mod load;
 mod micro;
+mod race;
 mod record;
 mod report;
 
@@ -39,6 +40,8 @@ enum Command {
     Startup(micro::StartupArgs),
     /// Wait until a running `ctrip serve` returns 200 from /ready.
     WaitReady(micro::WaitReadyArgs),
+    /// Show tiny_http leaving a connection unread when many arrive at once (exit 1 if so).
+    ConnectRace(race::RaceArgs),
     /// Print the results table with target checks and write BENCHMARKS.md.
     Report(report::ReportArgs),
 }
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Derive(args) => micro::derive(&args),
         Command::Startup(args) => micro::startup(&args),
         Command::WaitReady(args) => micro::wait_ready_command(&args),
+        Command::ConnectRace(args) => race::run(&args),
         Command::Report(args) => report::run(&args),
     };
     match outcome {
