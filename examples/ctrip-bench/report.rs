@@ -185,7 +185,7 @@ impl Run {
                 text,
                 "| {clients} | {} | {} | {ratio} | {} | {} |",
                 create.and_then(|r| r.get("rps")).unwrap_or("?"),
-                pgbench.get("tps").unwrap_or("?"),
+                show(pgbench.number("tps").ok(), 1),
                 pgbench.get("latency_avg_ms").unwrap_or("?"),
                 pgbench.get("failed").unwrap_or("?"),
             );
@@ -205,7 +205,7 @@ impl Run {
                 text,
                 "| {clients} (with audit row) | {} | {} | {ratio} | {} | {} |",
                 create.and_then(|r| r.get("rps")).unwrap_or("?"),
-                audited.get("tps").unwrap_or("?"),
+                show(audited.number("tps").ok(), 1),
                 audited.get("latency_avg_ms").unwrap_or("?"),
                 audited.get("failed").unwrap_or("?"),
             );
@@ -277,8 +277,8 @@ impl Run {
             measured: match ratio {
                 Some(r) => format!(
                     "{r:.2}x ({} req/s / {} TPS)",
-                    number(create, "rps").unwrap_or(0.0),
-                    number(pgbench, "tps").unwrap_or(0.0)
+                    show(number(create, "rps"), 1),
+                    show(number(pgbench, "tps"), 1)
                 ),
                 None => "missing".to_owned(),
             },
