@@ -167,9 +167,10 @@ for clients in "${CLIENT_COUNTS[@]}"; do
     fi
     run_load create-evm "$clients"
     run_load create-solana "$clients"
-    # Autovacuum checks a database once a minute, so the statistics lag behind the rows just
-    # inserted, and a list plan made from them sorts every payment of the merchant. A server
-    # that has run for a while has current statistics, which is what get and list measure.
+    # Autovacuum visits a database once a minute by default (autovacuum_naptime), so the
+    # statistics lag behind the rows just inserted, and a list plan made from them can sort
+    # every payment of the merchant. get and list measure a server whose statistics are
+    # current, as they are once it has run for a while.
     scripts/pg-cluster.sh psql "$PGDATA" -d "$DBNAME" -c 'VACUUM ANALYZE' >/dev/null
     run_load get "$clients"
     run_load list "$clients"

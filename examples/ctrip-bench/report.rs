@@ -363,8 +363,9 @@ impl Run {
         let mut text = String::new();
         text.push_str("# Benchmarks\n\n");
         text.push_str(
-            "Written by `make bench` (scripts/bench.sh); rerun it to refresh the numbers. \
-             The machine is shared with other work, so expect run-to-run noise of 10-20%.\n\n",
+            "Written by `make bench` (scripts/bench.sh), which refreshes the numbers. Other \
+             work on the same machine changes them from run to run, so compare runs made \
+             under the same load.\n\n",
         );
 
         text.push_str("## Latest run\n\n");
