@@ -55,7 +55,8 @@ cleanup() {
     scripts/pg-cluster.sh stop "$BENCH_DIR/pgdata" >/dev/null 2>&1 || true
     rm -rf "$ROOT/target/bench-logs"
     mkdir -p "$ROOT/target/bench-logs"
-    cp "$BENCH_DIR"/logs/* "$BENCH_DIR"/*.log "$ROOT/target/bench-logs/" 2>/dev/null || true
+    cp "$BENCH_DIR"/logs/* "$BENCH_DIR"/*.log "$BENCH_DIR"/results.tsv "$ROOT/target/bench-logs/" \
+        2>/dev/null || true
     rm -rf "$BENCH_DIR"
     exit "$status"
 }
@@ -180,5 +181,4 @@ peak_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$SERVE_PID/status")
 rss_kib=$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVE_PID/status")
 printf 'kind=rss\tvmhwm_kib=%s\tvmrss_kib=%s\n' "$peak_kib" "$rss_kib" >>"$RESULTS"
 
-cp "$RESULTS" "$BENCH_DIR/logs/results.tsv"
 "$BENCH" report --results "$RESULTS" --markdown "$ROOT/BENCHMARKS.md"
