@@ -99,9 +99,11 @@ startup_port=$(scripts/pg-cluster.sh free-port)
 export CTRIP_LISTEN=127.0.0.1:$http_port
 
 "$CTRIP" --config "$CONFIG" migrate >/dev/null
-# `api-key create` prints the key once. It stays in this script's environment and reaches no file.
-CTRIP_BENCH_KEY=$("$CTRIP" --config "$CONFIG" api-key create --name bench 2>/dev/null \
-    | awk '$1 == "key:" { print $2 }')
+# `api-key create` prints the key once on stdout. It stays in this script's environment and
+# reaches no file. Its stderr has only the notices around the key.
+CTRIP_BENCH_KEY=$("$CTRIP" --config "$CONFIG" api-key create --name bench \
+    2>>"$BENCH_DIR/logs/api-key.log" | awk '$1 == "key:" { print $2 }') \
+    || die "ctrip api-key create failed; see target/bench-logs/api-key.log"
 [[ -n $CTRIP_BENCH_KEY ]] || die "ctrip api-key create printed no key"
 export CTRIP_BENCH_KEY
 # pgbench opens the same merchant context as ctrip through ctrip.begin_request, which takes
