@@ -92,6 +92,8 @@ sed 's/^environment = "development"$/environment = "testing"/' config.toml >"$CO
 grep -qx 'environment = "testing"' "$CONFIG" \
     || die "config.toml has no line environment = \"development\" to change to testing"
 (umask 077 && printf '%s\n' "$BENCH_MNEMONIC" >"$SECRETS/mnemonic")
+# config.toml signs audit checkpoints with .dev/secrets/audit.key.
+"$CTRIP" audit keygen --out "$SECRETS/audit.key" >/dev/null
 export CTRIP_DATABASE_PORT=$pg_port
 http_port=$(scripts/pg-cluster.sh free-port)
 startup_port=$(scripts/pg-cluster.sh free-port)
