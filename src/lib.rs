@@ -5,6 +5,7 @@
 
 pub mod apikeys;
 pub mod audit;
+pub mod backup;
 pub mod chains;
 pub mod cli;
 pub mod config;
