@@ -14,6 +14,7 @@ pub mod http;
 pub mod logging;
 pub mod merchants;
 pub mod payments;
+pub mod retention;
 pub mod secret;
 pub mod serve;
 pub mod wallet;

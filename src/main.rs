@@ -43,6 +43,14 @@ enum Command {
     /// Verify, read and checkpoint the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditAction),
+    /// Create, verify, restore, prune and rekey encrypted backups.
+    #[command(subcommand)]
+    Backup(cli::BackupAction),
+    /// Erase personal data and prune audit events past their retention periods.
+    #[command(subcommand)]
+    Retention(cli::RetentionAction),
+    /// Erase the personal fields (reference, metadata) of payments.
+    Erase(cli::EraseArgs),
 }
 
 #[derive(Subcommand)]
@@ -72,7 +80,7 @@ enum ApiKeyAction {
         /// Merchant id the key acts for; optional while there is at most one merchant.
         #[arg(long)]
         merchant: Option<String>,
-        /// Comma-separated scopes: payments:read, payments:write.
+        /// Comma-separated scopes: payments:read, payments:write, payments:erase.
         #[arg(long, default_value = "payments:read,payments:write")]
         scopes: String,
     },
@@ -182,5 +190,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(AuditAction::Keygen { .. }) => {
             unreachable!("handled before loading the config")
         }
+        Command::Backup(action) => cli::backup(&config, action),
+        Command::Retention(action) => cli::retention(&config, action),
+        Command::Erase(args) => cli::erase(&config, &args),
     }
 }

@@ -18,6 +18,7 @@ use crate::db::{self, migrate, pool, ConnectParams, SharedTls};
 use crate::http::body::BodySchema;
 use crate::http::{self, App, Server};
 use crate::payments::CreatePaymentRequest;
+use crate::retention;
 use crate::wallet::Wallet;
 
 /// A started server with what the start-up log line reports.
@@ -26,6 +27,8 @@ pub struct Running {
     pub app: Arc<App>,
     pub migrations_applied: usize,
     pub checkpoints: Option<Checkpointer>,
+    /// The daily retention job, when a retention period is configured.
+    pub retention: Option<retention::Scheduler>,
 }
 
 /// Builds everything and starts serving; returns once the port is open.
@@ -82,6 +85,8 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         _ => None,
     };
 
+    let retention = retention::Scheduler::start(config, app.tls.clone())?;
+
     log_summary(
         config,
         &server,
@@ -95,6 +100,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         app,
         migrations_applied: applied.len(),
         checkpoints,
+        retention,
     })
 }
 
@@ -238,6 +244,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     }
     if let Some(checkpoints) = running.checkpoints {
         checkpoints.stop();
+    }
+    if let Some(retention) = running.retention {
+        retention.stop();
     }
     drop(running.app);
     log::info!("ctrip stopped");

@@ -49,7 +49,12 @@ pub fn bin_dir(config: &Config) -> anyhow::Result<PathBuf> {
 }
 
 /// Builds a command for `program` in `bin` that connects as the migration login to `dbname`.
-pub fn command(config: &Config, bin: &Path, program: &str, dbname: &str) -> anyhow::Result<Command> {
+pub fn command(
+    config: &Config,
+    bin: &Path,
+    program: &str,
+    dbname: &str,
+) -> anyhow::Result<Command> {
     let db = &config.database;
     let login = config.migration_login();
     let password = config.migration_password()?;

@@ -78,8 +78,9 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<Entry>> {
     let mut entries = Vec::new();
-    let listing = fs::read_dir(dir)
-        .map_err(|err| anyhow::anyhow!("cannot list the backup directory {}: {err}", dir.display()))?;
+    let listing = fs::read_dir(dir).map_err(|err| {
+        anyhow::anyhow!("cannot list the backup directory {}: {err}", dir.display())
+    })?;
     for item in listing {
         let path = item?.path();
         let is_backup = path

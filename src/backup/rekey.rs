@@ -51,10 +51,11 @@ pub fn rekey_file(path: &Path, old: &Kek, new: &Kek) -> anyhow::Result<Rekeyed> 
         .and_then(|(written, _)| Ok(verify::unwrap_key(&written, new)?));
     if let Err(err) = check {
         let _ = fs::remove_file(&temporary);
-        return Err(err.context("the rewritten header does not authenticate; the backup is unchanged"));
+        return Err(
+            err.context("the rewritten header does not authenticate; the backup is unchanged")
+        );
     }
-    fs::rename(&temporary, path)
-        .with_context(|| format!("cannot replace {}", path.display()))?;
+    fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))?;
     File::open(dir)
         .and_then(|dir| dir.sync_all())
         .with_context(|| format!("cannot fsync {}", dir.display()))?;

@@ -190,8 +190,8 @@ impl<R: Read> ChunkReader<R> {
                 self.buffer.len()
             )));
         }
-        let position = u32::try_from(self.position)
-            .map_err(|_| BackupError::ChunkAuthentication { chunk })?;
+        let position =
+            u32::try_from(self.position).map_err(|_| BackupError::ChunkAuthentication { chunk })?;
         let sealed = self.buffer.clone();
         if self
             .stream

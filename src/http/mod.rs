@@ -147,6 +147,10 @@ fn route(app: &App, request: &Request, context: &RequestContext) -> Result<Respo
             "GET" => payments::get(app, request, context, id),
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },
+        ["api", "v1", "payments", id, "erase"] => match method {
+            "POST" => payments::erase(app, request, context, id),
+            _ => Err(ApiError::MethodNotAllowed("POST")),
+        },
         _ => Err(ApiError::NotFound(format!(
             "no route for {path}: see /api/v1/openapi.json"
         ))),
