@@ -406,13 +406,14 @@ pub enum RetentionAction {
 
 /// `ctrip erase`: which payments to erase.
 #[derive(clap::Args)]
-#[group(required = true, multiple = false)]
+#[group(skip)]
+#[command(group = clap::ArgGroup::new("target").required(true).multiple(false))]
 pub struct EraseArgs {
     /// Payment id.
-    #[arg(long)]
+    #[arg(long, group = "target")]
     payment: Option<String>,
     /// Every payment with this reference (the merchant's order number).
-    #[arg(long)]
+    #[arg(long, group = "target")]
     reference: Option<String>,
     /// Limit --reference to this merchant's payments.
     #[arg(long, requires = "reference")]
