@@ -181,5 +181,5 @@ fn run_pg_dump(
         bail!("pg_dump failed ({status}): {messages}");
     }
     copied.context("cannot write the backup")?;
-    Ok(writer.finish().context("cannot write the backup")?)
+    writer.finish().context("cannot write the backup")
 }
