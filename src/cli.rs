@@ -423,7 +423,7 @@ pub struct EraseArgs {
 /// Dispatches `ctrip backup ...`.
 pub fn backup(config: &Config, action: BackupAction) -> anyhow::Result<()> {
     match action {
-        BackupAction::Keygen { out } => backup_keygen(&out),
+        BackupAction::Keygen { .. } => unreachable!("handled before loading the config"),
         BackupAction::Create { out } => backup_create(config, out.as_deref()),
         BackupAction::Verify { file, key } => backup_verify(config, &file, key.as_deref()),
         BackupAction::Restore {
@@ -471,7 +471,8 @@ fn file_name(path: &Path) -> String {
     )
 }
 
-fn backup_keygen(out: &Path) -> anyhow::Result<()> {
+/// `ctrip backup keygen --out FILE`, which needs no config.
+pub fn backup_keygen(out: &Path) -> anyhow::Result<()> {
     let key = backup::key::generate(out)?;
     println!("wrote backup key {} (mode 0600)", out.display());
     println!("key id: {}", key.id_hex());

@@ -155,6 +155,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Audit(AuditAction::Keygen { out }) = &cli.command {
         return cli::audit_keygen(out);
     }
+    if let Command::Backup(cli::BackupAction::Keygen { out }) = &cli.command {
+        return cli::backup_keygen(out);
+    }
     let config = Config::load(&cli.config)?;
     // Commands other than serve print their results; their log shows only problems.
     let serving = matches!(cli.command, Command::Serve);
