@@ -4,11 +4,11 @@
 # ctrip (VmHWM, sampled from /proc, and ru_maxrss from GNU time). Prints a Markdown table
 # for BENCHMARKS.md. Not part of `make test`.
 #
-# Builds a throw-away TLS cluster under /tmp like scripts/test.sh, fills it with payments
-# and deposit addresses in SQL (pgbench-style generate_series, spread over 10 merchants),
-# then runs BENCH_ROUNDS (default 2) rounds of pg_dump and ctrip alternately, so both see
-# the same warm cache. Both connect over TLS as the migration login with the same flags
-# (--enable-row-security, --role=ctrip_owner) that ctrip passes to pg_dump.
+# Builds a throw-away TLS cluster under /tmp like scripts/test.sh and fills it with payments
+# and deposit addresses over 10 merchants, generated in SQL with generate_series as pgbench
+# does. It then runs BENCH_ROUNDS (default 2) rounds of pg_dump and ctrip alternately, so
+# both see the same warm cache. Both connect over TLS as the migration login with the flags
+# that ctrip passes to pg_dump (--enable-row-security, --role=ctrip_owner).
 #
 # Usage: scripts/bench-backup.sh   (as root; make bench-backup)
 

@@ -341,7 +341,7 @@ pub fn audit_tail(config: &Config, since: Option<&str>, limit: i64) -> anyhow::R
 pub enum BackupAction {
     /// Create a key-encryption key file (mode 0600) for backups; never overwrites one.
     Keygen {
-        /// Where to write the key; keep it off the machine that stores the backups.
+        /// Path of the new key file; keep a copy off the machine that stores the backups.
         #[arg(long)]
         out: PathBuf,
     },
@@ -582,6 +582,7 @@ fn backup_restore(
     let tls = crate::db::SharedTls::from_config(config).context("invalid database TLS settings")?;
     let params = crate::db::ConnectParams::migration(config)?.with_dbname(into);
     let mut client = tls.connect(&params)?;
+
     let result = backup::restore::restore(config, &mut client, &kek, file, into, force);
     // The audit row goes into the restored database, whose log continues the source's.
     let restored = match result {
@@ -596,6 +597,7 @@ fn backup_restore(
             return Err(err);
         }
     };
+
     let body = &restored.header.body;
     let outcome = if restored.differences.is_empty() {
         Outcome::Success
@@ -616,6 +618,7 @@ fn backup_restore(
     )
     .object("backup", body.backup_id.to_string());
     audit::record(&mut client, &event)?;
+
     println!(
         "restored backup {} (created {}) into {into} in {:.1} s",
         body.backup_id,

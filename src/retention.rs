@@ -1,7 +1,7 @@
 //! Retention of personal data and audit events, and erasure of a payment's personal fields.
 //!
 //! The personal fields of a payment are `reference` and `metadata`. Erasing sets them to
-//! NULL and `{}` in place, in the caller's transaction; amount, chain, address, status,
+//! NULL and `{}` in place, in the caller's transaction. Amount, chain, address, status,
 //! timestamps and transaction data stay for accounting, and the audit row records only that
 //! an erasure happened. A retention run erases the personal fields of payments whose final
 //! state is older than `retention.payment_personal_data_days`, and prunes audit events older
@@ -73,7 +73,7 @@ pub fn erase_payment<C: GenericClient>(
     }))
 }
 
-/// The audit details of an erasure: which fields, never their values.
+/// Returns the audit details of an erasure: which fields, never their values.
 pub fn erase_details(erased: &Erased, selected_by: &str) -> serde_json::Value {
     json!({
         "fields": PERSONAL_FIELDS,
@@ -82,7 +82,7 @@ pub fn erase_details(erased: &Erased, selected_by: &str) -> serde_json::Value {
     })
 }
 
-/// How `ctrip erase` chooses payments.
+/// The payments that `ctrip erase` selects.
 #[derive(Debug, Clone)]
 pub enum EraseTarget {
     Payment(Uuid),
@@ -151,14 +151,14 @@ pub fn erase(client: &mut Client, target: &EraseTarget) -> Result<Vec<Erased>, E
     Ok(erased)
 }
 
-/// Who runs retention, for the audit rows.
+/// The actor of a retention run, for its audit rows.
 #[derive(Debug, Clone)]
 pub struct Actor {
     pub actor_type: ActorType,
     pub id: String,
 }
 
-/// What a retention run changed (or, for a dry run, would change).
+/// The changes of a retention run (for a dry run, the changes it would make).
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub dry_run: bool,
@@ -178,7 +178,7 @@ pub struct PrunedRange {
     pub rows: i64,
 }
 
-/// Why a retention run did nothing.
+/// The reason a retention run did nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Skipped {
     /// Another session holds the retention lock.
@@ -398,8 +398,16 @@ impl Scheduler {
             checkpoint::load_key(&key_path)?;
         }
         let params = ConnectParams::migration(config)?;
-        let config = config.clone();
         let check_every = Duration::from_secs(retention.interval_s.min(3600));
+        log::info!(
+            "retention job started: interval_s={} check_every_s={} \
+             payment_personal_data_days={:?} audit_events_months={:?}",
+            retention.interval_s,
+            check_every.as_secs(),
+            retention.payment_personal_data_days,
+            retention.audit_events_months
+        );
+        let config = config.clone();
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("retention".to_owned())

@@ -3,8 +3,8 @@
 //! The migration login opens a REPEATABLE READ, READ ONLY transaction, exports its snapshot
 //! and computes the manifest in it. `pg_dump --snapshot` then dumps that same snapshot, so
 //! the manifest describes exactly the dumped rows. The dump streams through [`ChunkWriter`]
-//! into `.NAME.partial` in the target directory, holding at most one chunk in memory; the
-//! file is fsynced and renamed to NAME only after pg_dump succeeded and the end record is
+//! into `.NAME.partial` in the target directory, with at most one chunk in memory. The file
+//! is fsynced and renamed to NAME only after pg_dump succeeded and the end record is
 //! written, so an interrupted backup never leaves a file with a backup's name.
 
 use std::fs::{self, File, OpenOptions};

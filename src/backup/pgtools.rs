@@ -74,7 +74,7 @@ pub fn command(
         .env("PGSSLMODE", db.sslmode.as_str())
         .env("PGSSLMINPROTOCOLVERSION", "TLSv1.2")
         .env("PGSSLROOTCERT", &db.sslrootcert)
-        // An empty PGPASSFILE path would still be looked up; /dev/null holds no password.
+        // An empty PGPASSFILE path would still be looked up; /dev/null contains no password.
         .env("PGPASSFILE", "/dev/null")
         .env("LC_ALL", "C");
     if let (Some(cert), Some(key)) = (&db.sslcert, &db.sslkey) {

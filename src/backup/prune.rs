@@ -18,7 +18,7 @@ use super::key::Kek;
 use super::verify;
 use crate::config::BackupConfig;
 
-/// What prune does with one file, and why.
+/// The action prune takes on one file, with its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Keep(String),

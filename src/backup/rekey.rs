@@ -16,7 +16,7 @@ use super::format;
 use super::key::{Kek, KEY_ID_LEN};
 use super::verify;
 
-/// What rekey did to one file.
+/// The result of rekeying one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rekeyed {
     Done,

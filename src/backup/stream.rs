@@ -6,7 +6,7 @@
 //! nonce `0^7 || n (u32, big-endian) || last flag (1 byte)` and the header digest as
 //! associated data. The nonce prefix can be all zeros because every backup has its own random
 //! data key. After the data chunks comes one end record, sealed with the last flag set, that
-//! holds the number of data chunks and plaintext bytes. So a chunk moved to another position,
+//! contains the number of data chunks and plaintext bytes. So a chunk moved to another position,
 //! a file cut anywhere, and any changed byte each fail authentication.
 //!
 //! On disk each record is a u32 (big-endian) whose top bit is the last flag and whose low 31
