@@ -81,8 +81,8 @@ EOF
 readonly CONFIG=$BENCH_DIR/config.toml
 "$CTRIP" --config "$CONFIG" migrate >/dev/null
 
-# About 560 bytes per payment with its address and indexes, measured on PostgreSQL 15.
-payments=$((SIZE_MB * 1024 * 1024 / 560))
+# About 700 bytes per payment with its address and indexes, measured on PostgreSQL 15.
+payments=$((SIZE_MB * 1024 * 1024 / 700))
 say "generating $payments payments (about $SIZE_MB MiB)"
 psql_bench -c "
     SET ROLE ctrip_owner;
@@ -108,11 +108,17 @@ for ((start = 0; start < payments; start += batch)); do
         INSERT INTO ctrip.payments
             (id, merchant_id, chain, token, deposit_address_id, amount, status, expires_at,
              created_at, reference, metadata)
-        SELECT gen_random_uuid(), merchant_id, 'ethereum',
+        -- Time-ordered UUIDv7 ids, as ctrip creates them (Uuid::now_v7).
+        SELECT (lpad(to_hex(floor(extract(epoch FROM now()) * 1000)::bigint
+                            - ($payments - derivation_index) * 10), 12, '0')
+                || '7' || substr(md5(derivation_index::text), 1, 3)
+                || '8' || substr(md5(derivation_index::text), 4, 15))::uuid,
+               merchant_id, 'ethereum',
                CASE WHEN derivation_index % 3 = 0 THEN NULL ELSE 'USDC' END, id,
                1000000 + derivation_index * 7,
                (ARRAY['pending', 'paid', 'settled', 'expired'])[1 + derivation_index % 4],
-               now() + interval '30 minutes', now() - make_interval(secs => derivation_index),
+               now() + interval '30 minutes',
+               now() - make_interval(secs => ($payments - derivation_index) / 100.0),
                'order-' || derivation_index,
                jsonb_build_object('customer', md5(derivation_index::text),
                                   'cart', derivation_index % 97,

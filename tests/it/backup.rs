@@ -609,7 +609,7 @@ fn interrupted_backup_looks_incomplete() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no partial file appeared"
+            "no spool file appeared"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
@@ -620,13 +620,11 @@ fn interrupted_backup_looks_incomplete() {
     let files = backup_files(&setup.dir);
     assert_eq!(files, vec![partial.clone()]);
     let name = partial.file_name().unwrap().to_str().unwrap();
-    assert!(
-        name.starts_with('.') && name.ends_with(".partial"),
-        "{name}"
-    );
+    assert!(name.starts_with('.'), "{name}");
+    assert!(name.ends_with(".spool"), "{name}");
     let kek = key::load(&setup.key).unwrap();
     let err = verify::verify_file(&partial, &kek).unwrap_err();
-    assert!(matches!(err, BackupError::Truncated(_)), "{err}");
+    assert!(matches!(err, BackupError::NotABackup), "{err}");
 }
 
 #[test]
