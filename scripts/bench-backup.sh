@@ -6,7 +6,7 @@
 #
 # Builds a throw-away TLS cluster under /tmp like scripts/test.sh and fills it with payments
 # and deposit addresses over 10 merchants, generated in SQL with generate_series as pgbench
-# does. It then runs BENCH_ROUNDS (default 2) rounds of pg_dump and ctrip alternately, so
+# does. It then runs BENCH_ROUNDS (default 3) rounds of pg_dump and ctrip alternately, so
 # both see the same warm cache. Both connect over TLS as the migration login with the flags
 # that ctrip passes to pg_dump (--enable-row-security, --role=ctrip_owner).
 #
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 readonly ROOT=$PWD
 readonly SIZE_MB=${BENCH_SIZE_MB:-1024}
-readonly ROUNDS=${BENCH_ROUNDS:-2}
+readonly ROUNDS=${BENCH_ROUNDS:-3}
 readonly DBNAME=ctrip_bench
 
 BENCH_DIR=$(mktemp -d /tmp/ctrip-bench-backup.XXXXXX)
@@ -167,6 +167,7 @@ seconds_of() {
     echo "$EPOCHREALTIME - $started" | bc
 }
 
+load_before=$(cut -d ' ' -f 1 /proc/loadavg)
 declare -a dump_times=() ctrip_times=() ctrip_rss=() ctrip_hwm=()
 for ((round = 1; round <= ROUNDS; round++)); do
     say "round $round of $ROUNDS: pg_dump -Fc > /dev/null"
@@ -187,15 +188,22 @@ verify_seconds=$(seconds_of ctrip_verify)
 best() {
     printf '%s\n' "$@" | sort -g | head -n 1
 }
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 best_dump=$(best "${dump_times[@]}")
 best_ctrip=$(best "${ctrip_times[@]}")
+median_dump=$(median "${dump_times[@]}")
+median_ctrip=$(median "${ctrip_times[@]}")
 echo
 echo "| Measure | Value |"
 echo "| --- | --- |"
 echo "| Database size (pg_database_size) | $((db_bytes / 1024 / 1024)) MiB, $payments payments |"
 echo "| pg_dump -Fc > /dev/null, each round | ${dump_times[*]} s |"
 echo "| ctrip backup create, each round | ${ctrip_times[*]} s |"
-echo "| Throughput ratio (best pg_dump / best ctrip) | $(echo "scale=2; $best_dump / $best_ctrip" | bc) |"
+echo "| Throughput ratio, best pg_dump / best ctrip | $(echo "scale=2; $best_dump / $best_ctrip" | bc) |"
+echo "| Throughput ratio, median pg_dump / median ctrip | $(echo "scale=2; $median_dump / $median_ctrip" | bc) |"
+echo "| Load average before the rounds (1 min) | $load_before |"
 echo "| ctrip peak RSS, ru_maxrss (GNU time), each round | ${ctrip_rss[*]} KiB |"
 echo "| ctrip peak RSS, VmHWM sampled every 0.1 s, each round | ${ctrip_hwm[*]} KiB |"
 echo "| Backup file size | $((backup_bytes / 1024 / 1024)) MiB |"

@@ -1,32 +1,29 @@
 //! Per-table row counts and digests of the `ctrip` schema, computed inside the caller's
 //! transaction so they describe exactly one snapshot.
 //!
-//! A table's digest is SHA-256 over its rows in `COPY` text format, ordered by primary key
-//! (text keys in the "C" collation, so the order does not depend on the database's locale),
-//! with the output settings fixed to UTC, ISO dates and full float precision. The same
-//! rows therefore give the same digest in the source and in a restored database. Rows are
-//! streamed, so memory stays constant whatever the table size.
+//! A table's digest is SHA-256 over its rows in `COPY` binary format, ordered by primary
+//! key (text keys in the "C" collation, so the order does not depend on the database's
+//! locale). The binary format does not depend on session settings such as TimeZone or
+//! DateStyle, and it costs the server less than text. The same rows therefore give the same
+//! digest in the source and in a restored database. Rows are streamed, so memory stays
+//! constant whatever the table size.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 
+use anyhow::{bail, Context};
 use postgres::Transaction;
 use sha2::{Digest, Sha256};
 
 use super::format::ManifestEntry;
 use crate::db::quote_identifier;
 
-/// Output settings that make `COPY` text identical across sessions.
-const FIXED_OUTPUT: &str = "
-    SET LOCAL TimeZone = 'UTC';
-    SET LOCAL DateStyle = 'ISO, YMD';
-    SET LOCAL IntervalStyle = 'postgres';
-    SET LOCAL extra_float_digits = 3;
-    SET LOCAL bytea_output = 'hex';
-    SET LOCAL statement_timeout = 0;";
+/// The signature that starts `COPY` binary output, from the PostgreSQL documentation of
+/// COPY ("Binary Format").
+const BINARY_SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
 /// Computes the manifest of every table and sequence in schema `ctrip`, sorted by name.
 pub fn compute(transaction: &mut Transaction<'_>) -> anyhow::Result<Vec<ManifestEntry>> {
-    transaction.batch_execute(FIXED_OUTPUT)?;
+    transaction.batch_execute("SET LOCAL statement_timeout = 0")?;
     let relations = transaction.query(
         "SELECT c.oid, c.relname::text, c.relkind::text
          FROM pg_catalog.pg_class c
@@ -77,30 +74,98 @@ fn table_entry(
     qualified: &str,
 ) -> anyhow::Result<ManifestEntry> {
     let order = order_by(transaction, oid)?;
-    let sql = format!("COPY (SELECT * FROM {qualified} t ORDER BY {order}) TO STDOUT");
-    let mut reader = transaction.copy_out(sql.as_str())?;
-    let mut hasher = Sha256::new();
-    let mut rows = 0u64;
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let read = match reader.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                return Err(anyhow::Error::new(err).context(format!("cannot read {qualified}")))
-            }
-        };
-        hasher.update(&buffer[..read]);
-        // COPY text escapes newlines inside values, so each row is one line.
-        rows += buffer[..read].iter().filter(|&&b| b == b'\n').count() as u64;
-    }
+    let sql =
+        format!("COPY (SELECT * FROM {qualified} t ORDER BY {order}) TO STDOUT (FORMAT binary)");
+    let copy = transaction.copy_out(sql.as_str())?;
+    let mut input = BufReader::with_capacity(
+        64 * 1024,
+        HashingReader {
+            inner: copy,
+            hasher: Sha256::new(),
+        },
+    );
+    let rows = count_binary_rows(&mut input).with_context(|| format!("cannot read {qualified}"))?;
+    let hasher = input.into_inner().hasher;
     Ok(ManifestEntry {
         name: format!("ctrip.{name}"),
         kind: "table".to_owned(),
         rows,
         sha256: hex::encode(hasher.finalize()),
     })
+}
+
+/// Feeds every byte read through it into a SHA-256.
+struct HashingReader<R: Read> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.hasher.update(&buffer[..read]);
+        Ok(read)
+    }
+}
+
+/// Counts the tuples of a `COPY` binary stream and reads it to the end: the header, then per
+/// tuple an i16 field count and per field an i32 length (-1 for NULL) and the bytes, then
+/// the trailer, a field count of -1.
+fn count_binary_rows(input: &mut impl BufRead) -> anyhow::Result<u64> {
+    let mut header = [0u8; 19];
+    input.read_exact(&mut header)?;
+    if &header[..11] != BINARY_SIGNATURE {
+        bail!("COPY binary output does not start with its signature");
+    }
+    let extension = u32::from_be_bytes(header[15..19].try_into().expect("4 bytes"));
+    skip(input, u64::from(extension))?;
+    let mut rows = 0u64;
+    loop {
+        let mut count = [0u8; 2];
+        input.read_exact(&mut count)?;
+        let fields = i16::from_be_bytes(count);
+        if fields == -1 {
+            break;
+        }
+        for _ in 0..fields {
+            let mut length = [0u8; 4];
+            input.read_exact(&mut length)?;
+            let length = i32::from_be_bytes(length);
+            if length > 0 {
+                skip(input, length as u64)?;
+            }
+        }
+        rows += 1;
+    }
+    if skip_to_end(input)? != 0 {
+        bail!("COPY binary output continues after its trailer");
+    }
+    Ok(rows)
+}
+
+fn skip(input: &mut impl BufRead, mut count: u64) -> anyhow::Result<()> {
+    while count > 0 {
+        let available = input.fill_buf()?.len() as u64;
+        if available == 0 {
+            bail!("COPY binary output ends inside a field");
+        }
+        let take = available.min(count);
+        input.consume(take as usize);
+        count -= take;
+    }
+    Ok(())
+}
+
+fn skip_to_end(input: &mut impl BufRead) -> anyhow::Result<u64> {
+    let mut skipped = 0u64;
+    loop {
+        let available = input.fill_buf()?.len();
+        if available == 0 {
+            return Ok(skipped);
+        }
+        input.consume(available);
+        skipped += available as u64;
+    }
 }
 
 /// Returns the ORDER BY list: the primary key columns, or the whole row as text.
@@ -161,4 +226,48 @@ pub fn differences(expected: &[ManifestEntry], actual: &[ManifestEntry]) -> Vec<
         }
     }
     problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(tuples: &[&[Option<&[u8]>]]) -> Vec<u8> {
+        let mut out = BINARY_SIGNATURE.to_vec();
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&2u32.to_be_bytes());
+        out.extend_from_slice(b"xx");
+        for tuple in tuples {
+            out.extend_from_slice(&(tuple.len() as i16).to_be_bytes());
+            for field in *tuple {
+                match field {
+                    None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+                    Some(bytes) => {
+                        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                        out.extend_from_slice(bytes);
+                    }
+                }
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn binary_rows_counted() {
+        let data = stream(&[&[Some(b"abc"), None], &[Some(b""), Some(&[0xff; 70_000])]]);
+
+        let rows = count_binary_rows(&mut BufReader::with_capacity(16, data.as_slice())).unwrap();
+
+        assert_eq!(rows, 2);
+    }
+
+    #[test]
+    fn binary_stream_cut_inside_field() {
+        let data = stream(&[&[Some(b"abcdef")]]);
+
+        let err = count_binary_rows(&mut &data[..data.len() - 5]).unwrap_err();
+
+        assert!(err.to_string().contains("ends inside a field"), "{err}");
+    }
 }
