@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks `ctrip backup create` against plain `pg_dump -Fc > /dev/null` on a generated
-# database of about BENCH_SIZE_MB (default 1024) MiB, and reads the peak resident memory of
-# ctrip (VmHWM, sampled from /proc, and ru_maxrss from GNU time). Prints a Markdown table
+# database of about BENCH_SIZE_MB (default 1024) MiB. It also reads the peak resident memory
+# of ctrip: VmHWM, sampled from /proc, and ru_maxrss from GNU time. Prints a Markdown table
 # for BENCHMARKS.md. Not part of `make test`.
 #
 # Builds a throw-away TLS cluster under /tmp like scripts/test.sh and fills it with payments

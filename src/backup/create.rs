@@ -39,7 +39,7 @@ pub struct Created {
     pub elapsed: Duration,
 }
 
-/// Deletes the partial file unless the backup completed.
+/// A temporary file of the backup, deleted when dropped unless `keep` is set.
 struct PartialFile {
     path: PathBuf,
     keep: bool,
@@ -217,7 +217,7 @@ impl PgDump {
         command
             .arg("--format=custom")
             .arg(format!("--snapshot={snapshot_id}"))
-            // The owner sees every row through its own policies; without this flag pg_dump
+            // The owner sees every row through its own policies. Without this flag pg_dump
             // sets row_security = off, which fails on tables with forced row-level security.
             .arg("--enable-row-security")
             .arg("--lock-wait-timeout=60s")

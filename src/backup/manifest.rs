@@ -108,9 +108,9 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Counts the tuples of a `COPY` binary stream and reads it to the end: the header, then per
-/// tuple an i16 field count and per field an i32 length (-1 for NULL) and the bytes, then
-/// the trailer, a field count of -1.
+/// Counts the tuples of a `COPY` binary stream and reads it to the end. After the header,
+/// each tuple is an i16 field count followed by, per field, an i32 length (-1 for NULL) and
+/// that many bytes. A field count of -1 is the trailer.
 fn count_binary_rows(input: &mut impl BufRead) -> anyhow::Result<u64> {
     let mut header = [0u8; 19];
     input.read_exact(&mut header)?;
