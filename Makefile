@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps run test bench stop certs clean-db build lint
+.PHONY: help deps run test bench bench-backup stop certs clean-db build lint
 
 help:
 	@echo "make run       set up certs, a local TLS-only PostgreSQL and ctrip, then serve on 127.0.0.1:8080"
@@ -14,6 +14,7 @@ help:
 	@echo "make certs     create development certificates in certs/ (kept if present)"
 	@echo "make clean-db  stop and delete the make run cluster and its secrets (certs/ is kept)"
 	@echo "make lint      cargo fmt --check and cargo clippy -D warnings"
+	@echo "make bench-backup  time ctrip backup create against pg_dump on a 1 GiB database"
 
 deps:
 	@scripts/deps.sh
@@ -38,6 +39,9 @@ certs: deps
 
 clean-db: stop
 	rm -rf .dev
+
+bench-backup: deps
+	scripts/bench-backup.sh
 
 lint:
 	cargo fmt --check

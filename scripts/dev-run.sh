@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Sets up everything `make run` needs from a clean clone, then runs `ctrip serve`:
+# Sets up everything `make run` needs from a clean clone, then runs `ctrip serve`. It makes
 # development certificates in certs/, a private TLS-only PostgreSQL cluster in .dev/pgdata
-# on port 54329, the ctrip roles and database, the development mnemonic, and (on the first
-# run only) an API key printed once, and an audit key that signs checkpoints. Every step
-# keeps what an earlier run made.
+# on port 54329, the ctrip roles and database, and the development mnemonic. On the first
+# run only it also prints an API key once, and writes an audit key that signs checkpoints
+# and a backup key. Every step keeps what an earlier run made.
 #
 # Usage: scripts/dev-run.sh   (from the repository root, as root; see make run)
 
@@ -38,6 +38,10 @@ readonly CTRIP=$ROOT/target/debug/ctrip
 if [[ ! -e $SECRETS/audit.key ]]; then
     "$CTRIP" audit keygen --out "$SECRETS/audit.key" >/dev/null
     echo "dev-run.sh: wrote a development audit key to .dev/secrets/audit.key" >&2
+fi
+if [[ ! -e $SECRETS/backup.key ]]; then
+    "$CTRIP" backup keygen --out "$SECRETS/backup.key" >/dev/null
+    echo "dev-run.sh: wrote a development backup key to .dev/secrets/backup.key" >&2
 fi
 "$CTRIP" --config config.toml migrate
 

@@ -56,7 +56,8 @@ BEGIN
 END
 $$;
 
--- The one UPDATE allowed: chaining a pending row, from the commit trigger above.
+-- The changes allowed: chaining a pending row, from the commit trigger above, and deleting a
+-- range that ctrip.audit_prune() recorded in this transaction (see 0003).
 CREATE OR REPLACE FUNCTION ctrip.audit_reject_change()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -66,6 +67,12 @@ BEGIN
     IF TG_OP = 'UPDATE' AND OLD.id < 0 AND OLD.hash IS NULL
         AND current_setting('ctrip.audit_chaining', true) = 'on' THEN
         RETURN NEW;
+    END IF;
+    IF TG_OP = 'DELETE' AND EXISTS (
+        SELECT FROM ctrip.audit_prunes p
+        WHERE p.transaction_id = txid_current() AND OLD.id BETWEEN p.first_id AND p.last_id
+    ) THEN
+        RETURN OLD;
     END IF;
     RAISE EXCEPTION 'audit_events is append-only: % is not allowed', TG_OP
         USING ERRCODE = 'insufficient_privilege';

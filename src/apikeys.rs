@@ -20,7 +20,7 @@ const SCHEME: &str = "ctrip_";
 const PREFIX_LEN: usize = SCHEME.len() + 8;
 
 /// Scopes a key can hold, in the order they are listed.
-pub const SCOPES: &[&str] = &["payments:read", "payments:write"];
+pub const SCOPES: &[&str] = &["payments:read", "payments:write", "payments:erase"];
 
 /// A stored key, without its secret part.
 #[derive(Debug, Clone)]

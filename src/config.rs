@@ -76,6 +76,10 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub chains: Vec<ChainConfig>,
+    #[serde(default)]
+    pub backup: BackupConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Directory of the config file; relative paths in it are resolved against this.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -292,6 +296,64 @@ impl Default for AuditConfig {
     }
 }
 
+/// Where backups go, the key that encrypts them, and which ones `ctrip backup prune` keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// Key-encryption key (64 hex digits, mode 0600); `ctrip backup keygen` creates one.
+    pub key_file: Option<PathBuf>,
+    /// Directory `ctrip backup create` writes to and `ctrip backup prune` cleans.
+    pub dir: Option<PathBuf>,
+    /// Directory of pg_dump and pg_restore; default: the newest /usr/lib/postgresql/*/bin.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Keep every backup created within this many days.
+    pub keep_within_days: u32,
+    /// Also keep the newest backup of each of this many 7-day weeks back from now.
+    pub keep_weekly_weeks: u32,
+    /// Never keep fewer than this many of the newest backups.
+    pub keep_min: u32,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            key_file: None,
+            dir: None,
+            pg_bin_dir: None,
+            keep_within_days: 7,
+            keep_weekly_weeks: 8,
+            keep_min: 3,
+        }
+    }
+}
+
+/// How long each class of data is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days after a payment reaches a final state until its personal fields are erased;
+    /// unset keeps them.
+    pub payment_personal_data_days: Option<u32>,
+    /// Months audit events are kept before they may be pruned (12 or more); unset keeps them.
+    pub audit_events_months: Option<u32>,
+    /// Seconds between retention runs of `ctrip serve`.
+    pub interval_s: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            payment_personal_data_days: None,
+            audit_events_months: None,
+            interval_s: 24 * 3600,
+        }
+    }
+}
+
+/// The minimum months of audit history, from PCI DSS v4.0 requirement 10.5.1 ("retain audit
+/// log history for at least 12 months").
+pub const MIN_AUDIT_MONTHS: u32 = 12;
+
 /// A chain payments can be made on, and the tokens accepted there.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -447,6 +509,9 @@ impl Config {
         self.log.file.iter_mut().for_each(resolve);
         self.audit.key_file.iter_mut().for_each(resolve);
         self.audit.checkpoint_file.iter_mut().for_each(resolve);
+        self.backup.key_file.iter_mut().for_each(resolve);
+        self.backup.dir.iter_mut().for_each(resolve);
+        self.backup.pg_bin_dir.iter_mut().for_each(resolve);
     }
 }
 
@@ -459,6 +524,8 @@ impl Config {
         self.validate_pool()?;
         self.validate_payments()?;
         self.validate_audit()?;
+        self.validate_backup()?;
+        self.validate_retention()?;
         self.validate_chains()
     }
 
@@ -581,6 +648,49 @@ impl Config {
             return Err(self.invalid(format!(
                 "audit.checkpoint_interval_s = {} is too short: use 10 seconds or more",
                 audit.checkpoint_interval_s
+            )));
+        }
+        Ok(())
+    }
+
+    fn validate_backup(&self) -> Result<(), ConfigError> {
+        if self.backup.keep_min == 0 {
+            return Err(self.invalid(
+                "backup.keep_min = 0 would let prune delete every backup: set 1 or more",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_retention(&self) -> Result<(), ConfigError> {
+        let retention = &self.retention;
+        if let Some(days) = retention.payment_personal_data_days {
+            if !(1..=36_500).contains(&days) {
+                return Err(self.invalid(format!(
+                    "retention.payment_personal_data_days = {days} is out of range: expected 1 \
+                     to 36500"
+                )));
+            }
+        }
+        if let Some(months) = retention.audit_events_months {
+            if !(MIN_AUDIT_MONTHS..=1200).contains(&months) {
+                return Err(self.invalid(format!(
+                    "retention.audit_events_months = {months} is out of range: PCI DSS 10.5.1 \
+                     requires at least {MIN_AUDIT_MONTHS} months of audit history, so use \
+                     {MIN_AUDIT_MONTHS} to 1200"
+                )));
+            }
+            if self.audit.key_file.is_none() {
+                return Err(self.invalid(
+                    "retention.audit_events_months needs audit.key_file and \
+                     audit.checkpoint_file, because a prune first writes a signed checkpoint",
+                ));
+            }
+        }
+        if retention.interval_s < 10 {
+            return Err(self.invalid(format!(
+                "retention.interval_s = {} is too short: use 10 seconds or more",
+                retention.interval_s
             )));
         }
         Ok(())

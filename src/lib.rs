@@ -5,6 +5,7 @@
 
 pub mod apikeys;
 pub mod audit;
+pub mod backup;
 pub mod chains;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod logging;
 pub mod merchants;
 pub mod payments;
+pub mod retention;
 pub mod secret;
 pub mod serve;
 pub mod tls_watch;

@@ -49,6 +49,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create, verify, restore, prune and rekey encrypted backups.
+    #[command(subcommand)]
+    Backup(cli::BackupAction),
+    /// Erase personal data and prune audit events past their retention periods.
+    #[command(subcommand)]
+    Retention(cli::RetentionAction),
+    /// Erase the personal fields (reference, metadata) of payments.
+    Erase(cli::EraseArgs),
 }
 
 #[derive(Subcommand)]
@@ -78,7 +86,7 @@ enum ApiKeyAction {
         /// Merchant id the key acts for; optional while there is at most one merchant.
         #[arg(long)]
         merchant: Option<String>,
-        /// Comma-separated scopes: payments:read, payments:write.
+        /// Comma-separated scopes: payments:read, payments:write, payments:erase.
         #[arg(long, default_value = "payments:read,payments:write")]
         scopes: String,
     },
@@ -152,6 +160,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Audit(AuditAction::Keygen { out }) = &cli.command {
         return cli::audit_keygen(out);
     }
+    if let Command::Backup(cli::BackupAction::Keygen { out }) = &cli.command {
+        return cli::backup_keygen(out);
+    }
     let config = Config::load(&cli.config)?;
     // Commands other than serve print their results; their log shows only problems.
     let serving = matches!(cli.command, Command::Serve);
@@ -188,5 +199,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(AuditAction::Keygen { .. }) => {
             unreachable!("handled before loading the config")
         }
+        Command::Backup(action) => cli::backup(&config, action),
+        Command::Retention(action) => cli::retention(&config, action),
+        Command::Erase(args) => cli::erase(&config, &args),
     }
 }

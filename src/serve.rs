@@ -18,6 +18,7 @@ use crate::db::{self, migrate, pool, ConnectParams, SharedTls};
 use crate::http::body::BodySchema;
 use crate::http::{self, App, Server};
 use crate::payments::CreatePaymentRequest;
+use crate::retention;
 use crate::tls_watch::TlsWatcher;
 use crate::wallet::Wallet;
 
@@ -28,6 +29,8 @@ pub struct Running {
     pub migrations_applied: usize,
     pub checkpoints: Option<Checkpointer>,
     pub tls_watch: TlsWatcher,
+    /// The daily retention job, when a retention period is configured.
+    pub retention: Option<retention::Scheduler>,
 }
 
 /// Builds everything and starts serving; returns once the port is open.
@@ -104,6 +107,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
 
     let watch_interval = Duration::from_millis(config.database.tls_watch_interval_ms);
     let tls_watch = TlsWatcher::start(app.clone(), runtime_params, watch_interval);
+    let retention = retention::Scheduler::start(config, app.tls.clone())?;
 
     log_summary(
         config,
@@ -119,6 +123,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         migrations_applied: applied,
         checkpoints,
         tls_watch,
+        retention,
     })
 }
 
@@ -319,6 +324,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     running.tls_watch.stop();
     if let Some(checkpoints) = running.checkpoints {
         checkpoints.stop();
+    }
+    if let Some(retention) = running.retention {
+        retention.stop();
     }
     drop(running.app);
     log::info!("ctrip stopped");

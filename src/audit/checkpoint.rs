@@ -126,8 +126,20 @@ pub fn write(
     if id == 0 {
         return Ok(None);
     }
+    let (checkpoint, _) = write_for(key, file, id, &hash)?;
+    Ok(Some(checkpoint))
+}
+
+/// Signs row `id` with `hash` now and appends the line to `file`; returns the checkpoint and
+/// its signature. An audit prune signs the last row it deletes this way before deleting.
+pub fn write_for(
+    key: &SigningKey,
+    file: &Path,
+    id: i64,
+    hash: &[u8],
+) -> Result<(Checkpoint, [u8; 64]), CheckpointError> {
     let at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-    let hash_hex = hex::encode(&hash);
+    let hash_hex = hex::encode(hash);
     let signature = key.sign(signed_message(id, &hash_hex, &at).as_bytes());
     let line = format!(
         "{PREFIX} id={id} hash={hash_hex} at={at} sig={}\n",
@@ -148,7 +160,28 @@ pub fn write(
         .write_all(line.as_bytes())
         .and_then(|()| output.sync_data())
         .map_err(write_error)?;
-    Ok(Some(Checkpoint { id, hash, at }))
+    let checkpoint = Checkpoint {
+        id,
+        hash: hash.to_vec(),
+        at,
+    };
+    Ok((checkpoint, signature.to_bytes()))
+}
+
+/// True when `signature` signs row `id` with `hash` at `at` under `key`.
+pub fn signature_valid(
+    key: &VerifyingKey,
+    id: i64,
+    hash: &[u8],
+    at: &str,
+    signature: &[u8],
+) -> bool {
+    let Ok(bytes) = <[u8; 64]>::try_from(signature) else {
+        return false;
+    };
+    let message = signed_message(id, &hex::encode(hash), at);
+    key.verify(message.as_bytes(), &Signature::from_bytes(&bytes))
+        .is_ok()
 }
 
 /// Reads and verifies every checkpoint in `file` against `key`, oldest first.

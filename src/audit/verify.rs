@@ -5,12 +5,18 @@
 //! replaced or inserted), and its own hash matches SHA-256 over `prev_hash` and its fields
 //! (a mismatch means the row was edited). Checkpoints then pin ids to hashes, which catches a
 //! cut tail or a chain rebuilt from some row on.
+//!
+//! After an audit prune the oldest rows are gone. The chain then starts from the newest
+//! range in `ctrip.audit_prunes`: the first kept row must follow its `last_id` and chain to
+//! its `last_hash`, and with the audit key the range's signature is checked too, so a forged
+//! range cannot hide deleted rows.
 
+use ed25519_dalek::VerifyingKey;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, IsolationLevel};
+use postgres::{Client, IsolationLevel, Transaction};
 use sha2::{Digest, Sha256};
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{self, Checkpoint};
 
 /// One thing wrong with the log, located by row id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +32,12 @@ pub struct Report {
     pub last_id: i64,
     pub last_hash: Vec<u8>,
     pub checkpoints_checked: usize,
+    /// Last row id of the newest audit prune (0 when nothing was pruned).
+    pub pruned_through: i64,
+    /// Checkpoints of pruned rows, which can no longer be compared.
+    pub checkpoints_pruned: usize,
+    /// Prune ranges whose signature was checked with the audit key.
+    pub prunes_signature_checked: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -42,7 +54,7 @@ const SELECT_ROWS: &str = "
     SELECT id, id::text AS id_text, ((extract(epoch FROM occurred_at) * 1000000)::bigint)::text,
            actor_type, actor_id, merchant_id::text, action, object_type, object_id, outcome,
            source_address, request_id, details::text, prev_hash, hash
-    FROM ctrip.audit_events ORDER BY 1";
+    FROM ctrip.audit_events WHERE id > $1 ORDER BY 1";
 
 /// Appends a field as the chain encodes it: a 4-byte big-endian length and the UTF-8 bytes,
 /// or 0xFFFFFFFF alone for NULL.
@@ -58,6 +70,15 @@ pub fn encode_field(out: &mut Vec<u8>, value: Option<&str>) {
 
 /// Verifies every row in id order inside one REPEATABLE READ snapshot, then each checkpoint.
 pub fn verify(client: &mut Client, checkpoints: &[Checkpoint]) -> Result<Report, postgres::Error> {
+    verify_with_key(client, checkpoints, None)
+}
+
+/// Like [`verify`], and also checks the signature of every prune range with `key`.
+pub fn verify_with_key(
+    client: &mut Client,
+    checkpoints: &[Checkpoint],
+    key: Option<&VerifyingKey>,
+) -> Result<Report, postgres::Error> {
     let mut transaction = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -68,13 +89,23 @@ pub fn verify(client: &mut Client, checkpoints: &[Checkpoint]) -> Result<Report,
         last_id: 0,
         last_hash: vec![0; 32],
         checkpoints_checked: 0,
+        pruned_through: 0,
+        checkpoints_pruned: 0,
+        prunes_signature_checked: 0,
         problems: Vec::new(),
     };
+    check_prunes(&mut transaction, &mut report, key)?;
+    let pruned_through = report.pruned_through;
     let mut pinned: Vec<(i64, Option<Vec<u8>>)> =
         checkpoints.iter().map(|c| (c.id, None)).collect();
+    // A checkpoint of the last pruned row compares with the hash the prune range kept.
+    for (pinned_id, pinned_hash) in pinned.iter_mut() {
+        if pruned_through > 0 && *pinned_id == pruned_through {
+            *pinned_hash = Some(report.last_hash.clone());
+        }
+    }
 
-    let no_params: [&(dyn postgres::types::ToSql + Sync); 0] = [];
-    let mut rows = transaction.query_raw(SELECT_ROWS, no_params)?;
+    let mut rows = transaction.query_raw(SELECT_ROWS, [&pruned_through])?;
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0);
         let prev_hash: Vec<u8> = row.get(13);
@@ -107,6 +138,56 @@ pub fn verify(client: &mut Client, checkpoints: &[Checkpoint]) -> Result<Report,
 
     check_checkpoints(&mut report, checkpoints, &pinned);
     Ok(report)
+}
+
+/// Anchors the chain on the newest prune range, after checking that the ranges follow each
+/// other from row 1 and, with `key`, that each is signed.
+fn check_prunes(
+    transaction: &mut Transaction<'_>,
+    report: &mut Report,
+    key: Option<&VerifyingKey>,
+) -> Result<(), postgres::Error> {
+    let exists: bool = transaction
+        .query_one("SELECT to_regclass('ctrip.audit_prunes') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        return Ok(());
+    }
+    let prunes = transaction.query(
+        "SELECT first_id, last_id, last_hash, signed_at, signature
+         FROM ctrip.audit_prunes ORDER BY last_id",
+        &[],
+    )?;
+    for prune in prunes {
+        let first_id: i64 = prune.get(0);
+        let last_id: i64 = prune.get(1);
+        let last_hash: Vec<u8> = prune.get(2);
+        if first_id != report.pruned_through + 1 {
+            let message = format!(
+                "the prune of rows {first_id} to {last_id} does not follow the previous one, \
+                 which ended at row {}",
+                report.pruned_through
+            );
+            add(report, first_id, message);
+        }
+        if let Some(key) = key {
+            let at: String = prune.get(3);
+            let signature: Vec<u8> = prune.get(4);
+            if checkpoint::signature_valid(key, last_id, &last_hash, &at, &signature) {
+                report.prunes_signature_checked += 1;
+            } else {
+                let message = format!(
+                    "the prune of rows {first_id} to {last_id} is not signed by the audit key \
+                     (the prune record was forged or edited)"
+                );
+                add(report, last_id, message);
+            }
+        }
+        report.pruned_through = last_id;
+        report.last_id = last_id;
+        report.last_hash = last_hash;
+    }
+    Ok(())
 }
 
 fn check_row(report: &mut Report, id: i64, prev_hash: &[u8], hash: &[u8], row: &postgres::Row) {
@@ -161,6 +242,10 @@ fn check_checkpoints(
     pinned: &[(i64, Option<Vec<u8>>)],
 ) {
     for (checkpoint, (_, found)) in checkpoints.iter().zip(pinned) {
+        if checkpoint.id < report.pruned_through {
+            report.checkpoints_pruned += 1;
+            continue;
+        }
         report.checkpoints_checked += 1;
         match found {
             None if checkpoint.id > report.last_id => add(report, checkpoint.id, format!(

@@ -248,6 +248,10 @@ fn route(app: &App, request: &Request, context: &RequestContext) -> Result<Respo
             "GET" | "HEAD" => payments::get(app, request, context, id),
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },
+        ["api", "v1", "payments", id, "erase"] => match method {
+            "POST" => payments::erase(app, request, context, id),
+            _ => Err(ApiError::MethodNotAllowed("POST")),
+        },
         _ => Err(ApiError::NotFound(format!(
             "no route for {}: see /api/v1/openapi.json",
             crate::payments::excerpt(path)

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::payments::{CreatePaymentRequest, Payment, PaymentList};
+use crate::payments::{CreatePaymentRequest, ErasedPayment, Payment, PaymentList};
 
 /// The error body every non-2xx response carries.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -51,6 +51,7 @@ pub fn document() -> Value {
     generator.subschema_for::<CreatePaymentRequest>();
     generator.subschema_for::<Payment>();
     generator.subschema_for::<PaymentList>();
+    generator.subschema_for::<ErasedPayment>();
     generator.subschema_for::<ErrorBody>();
     let schemas = generator.take_definitions(true);
 
@@ -104,10 +105,23 @@ pub fn document() -> Value {
             "/api/v1/payments/{id}": {
                 "get": {
                     "summary": "Read one payment",
-                    "parameters": [id_parameter],
+                    "parameters": [id_parameter.clone()],
                     "responses": {
                         "200": json_response("The payment", "Payment"),
                         "401": error_response("Missing, unknown or revoked API key"),
+                        "404": error_response("No payment with this id"),
+                        "503": error_response("The database is unavailable; see Retry-After")
+                    }
+                }
+            },
+            "/api/v1/payments/{id}/erase": {
+                "post": {
+                    "summary": "Erase the payment's personal fields (reference, metadata); needs the scope payments:erase",
+                    "parameters": [id_parameter],
+                    "responses": {
+                        "200": json_response("Erased now or before; amount, address, status and times remain", "ErasedPayment"),
+                        "401": error_response("Missing, unknown or revoked API key"),
+                        "403": error_response("The key lacks the scope payments:erase"),
                         "404": error_response("No payment with this id"),
                         "503": error_response("The database is unavailable; see Retry-After")
                     }

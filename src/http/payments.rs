@@ -15,10 +15,12 @@ use crate::apikeys::{self, AuthenticatedKey};
 use crate::audit::{self, ActorType, Event, Outcome};
 use crate::db::pool::StatementCache;
 use crate::payments::store::{self, StoreError};
-use crate::payments::{CreatePaymentRequest, FieldError, ListQuery, NewPayment};
+use crate::payments::{CreatePaymentRequest, ErasedPayment, FieldError, ListQuery, NewPayment};
+use crate::retention;
 
 const READ: &str = "payments:read";
 const WRITE: &str = "payments:write";
+const ERASE: &str = "payments:erase";
 
 /// Authenticates the request and checks `scope`.
 ///
@@ -200,6 +202,52 @@ pub fn list(app: &App, request: &Request, context: &RequestContext) -> Result<Re
     let page = store::list(&mut transaction, statements, &query).map_err(store_error)?;
     transaction.commit()?;
     Ok(Response::json(&page))
+}
+
+/// `POST /api/v1/payments/{id}/erase`: erases the payment's personal fields (reference and
+/// metadata) in place and returns 200, also when it was erased before. The audit row, in the
+/// same transaction, records the erasure and never the erased values. 404 for an unknown,
+/// malformed or other merchant's id.
+pub fn erase(
+    app: &App,
+    request: &Request,
+    context: &RequestContext,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let mut conn = app.pool.get()?;
+    let (mut transaction, statements) = conn.transaction()?;
+    let key = match authorize(app, &mut transaction, statements, request, context, ERASE)? {
+        Ok(key) => key,
+        Err(denied) => {
+            transaction.commit()?;
+            return Err(denied);
+        }
+    };
+
+    let not_found = || ApiError::NotFound(format!("no payment with id {id:?}"));
+    let Ok(id) = Uuid::parse_str(id) else {
+        return Err(not_found());
+    };
+    let Some(erased) = retention::erase_payment(&mut transaction, statements, id)? else {
+        audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
+        transaction.commit()?;
+        return Err(not_found());
+    };
+    let event = context
+        .event(&key, "payment.erased", Outcome::Success)
+        .object("payment", id.to_string())
+        .details(retention::erase_details(&erased, "id"));
+    audit::record_cached(&mut transaction, statements, &event)?;
+    transaction.commit()?;
+    Ok(Response::json(&ErasedPayment {
+        id,
+        erased_at: crate::payments::format_time(erased.erased_at),
+        erased_fields: retention::PERSONAL_FIELDS
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect(),
+        already_erased: erased.already_erased,
+    }))
 }
 
 fn store_error(err: StoreError) -> ApiError {

@@ -415,6 +415,18 @@ pub struct PaymentList {
     pub has_more: bool,
 }
 
+/// Response of `POST /api/v1/payments/{id}/erase`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ErasedPayment {
+    pub id: Uuid,
+    /// When the personal fields were first erased.
+    pub erased_at: String,
+    /// The fields that are now empty: reference (null) and metadata ({}).
+    pub erased_fields: Vec<String>,
+    /// True when the payment had been erased before this request, which then changed nothing.
+    pub already_erased: bool,
+}
+
 /// Formats a timestamp as RFC 3339 with an explicit offset and milliseconds.
 pub fn format_time(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, false)
