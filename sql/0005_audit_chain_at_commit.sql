@@ -41,7 +41,9 @@ DECLARE
     head record;
     chained ctrip.audit_events;
 BEGIN
-    SELECT last_id, last_hash INTO head FROM ctrip.audit_chain_head FOR UPDATE;
+    -- WHERE singleton lets the primary key find the one row instead of scanning every page the
+    -- table's dead versions leave behind, all while the lock is held.
+    SELECT last_id, last_hash INTO head FROM ctrip.audit_chain_head WHERE singleton FOR UPDATE;
     SELECT * INTO chained FROM ctrip.audit_events WHERE id = NEW.id;
     chained.id := head.last_id + 1;
     chained.prev_hash := head.last_hash;
@@ -51,7 +53,7 @@ BEGIN
     SET id = chained.id, prev_hash = chained.prev_hash, hash = chained.hash
     WHERE id = NEW.id;
     PERFORM set_config('ctrip.audit_chaining', 'off', true);
-    UPDATE ctrip.audit_chain_head SET last_id = chained.id, last_hash = chained.hash;
+    UPDATE ctrip.audit_chain_head SET last_id = chained.id, last_hash = chained.hash WHERE singleton;
     RETURN NULL;
 END
 $$;
