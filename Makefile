@@ -4,11 +4,12 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps run test stop certs clean-db build lint bench-backup
+.PHONY: help deps run test bench stop certs clean-db build lint bench-backup
 
 help:
 	@echo "make run       set up certs, a local TLS-only PostgreSQL and ctrip, then serve on 127.0.0.1:8080"
 	@echo "make test      run every test against a throw-away TLS PostgreSQL cluster"
+	@echo "make bench     benchmark the API and pgbench on a throw-away cluster (about 6 min), rewrite BENCHMARKS.md"
 	@echo "make stop      stop the make run PostgreSQL cluster"
 	@echo "make certs     create development certificates in certs/ (kept if present)"
 	@echo "make clean-db  stop and delete the make run cluster and its secrets (certs/ is kept)"
@@ -26,6 +27,9 @@ run: deps
 
 test: deps
 	scripts/test.sh
+
+bench: deps
+	scripts/bench.sh
 
 stop:
 	scripts/pg-cluster.sh stop .dev/pgdata

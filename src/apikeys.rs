@@ -259,7 +259,11 @@ pub fn authenticate<C: GenericClient>(
     let Some(header) = header else {
         return Ok(Err(AuthFailure::Missing));
     };
-    let Some(key) = header.strip_prefix("Bearer ").map(str::trim) else {
+    // The scheme name is case-insensitive (RFC 9110, section 11.1).
+    let scheme_ok = header
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("bearer "));
+    let Some(key) = header.get(7..).filter(|_| scheme_ok).map(str::trim) else {
         return Ok(Err(AuthFailure::Malformed));
     };
     if key.len() <= PREFIX_LEN || !key.starts_with(SCHEME) || !key.is_char_boundary(PREFIX_LEN) {

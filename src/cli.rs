@@ -30,6 +30,10 @@ fn show_time(time: Option<DateTime<Utc>>) -> String {
 pub fn migrate_apply(config: &Config) -> anyhow::Result<()> {
     let mut client = serve::migration_client(config)?;
     let applied = migrate::apply(&mut client, &migrate::embedded())?;
+    crate::chains::sync(
+        &mut client,
+        &crate::chains::ChainRegistry::from_config(&config.chains),
+    )?;
     if applied.is_empty() {
         println!("migrations are current; nothing to apply");
     }
@@ -332,6 +336,25 @@ pub fn audit_tail(config: &Config, since: Option<&str>, limit: i64) -> anyhow::R
             text(10),
             text(11)
         );
+    }
+    Ok(())
+}
+
+/// `ctrip doctor [--json]`: exits non-zero when a critical check fails.
+pub fn doctor(config: &Config, json_output: bool) -> anyhow::Result<()> {
+    let checks = crate::doctor::run(config);
+    if json_output {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        print!("{}", crate::doctor::render_text(&checks));
+    }
+    let critical: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.is_critical_failure())
+        .map(|c| c.id)
+        .collect();
+    if !critical.is_empty() {
+        bail!("critical checks failed: {}", critical.join(", "));
     }
     Ok(())
 }

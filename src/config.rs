@@ -23,7 +23,7 @@ use crate::wallet::{Family, Mnemonic};
 /// A configuration problem, with the file or variable and the key it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source}: pass --config PATH or set CTRIP_CONFIG")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -109,6 +109,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Time in-flight requests get to finish after SIGTERM, in seconds.
     pub shutdown_timeout_s: u64,
+    /// Apply migrations and write the chains at start-up as the migration login. With false,
+    /// `serve` needs only the runtime login and refuses a schema `ctrip migrate` has not updated.
+    pub migrate_on_start: bool,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
             workers: 16,
             max_body_bytes: 64 * 1024,
             shutdown_timeout_s: 20,
+            migrate_on_start: true,
         }
     }
 }
@@ -161,6 +165,9 @@ pub struct DatabaseConfig {
     pub statement_timeout_ms: u64,
     #[serde(default = "default_idle_in_transaction_timeout_ms")]
     pub idle_in_transaction_session_timeout_ms: u64,
+    /// How often `ctrip serve` checks the TLS files for a change, in milliseconds.
+    #[serde(default = "default_tls_watch_interval_ms")]
+    pub tls_watch_interval_ms: u64,
     /// The login that serves requests.
     pub runtime: DatabaseLogin,
     /// The login that applies migrations; defaults to the runtime login.
@@ -184,6 +191,9 @@ fn default_statement_timeout_ms() -> u64 {
 }
 fn default_idle_in_transaction_timeout_ms() -> u64 {
     10_000
+}
+fn default_tls_watch_interval_ms() -> u64 {
+    2000
 }
 
 /// One database identity: user name and where its password comes from.
@@ -564,6 +574,7 @@ impl Config {
                 "idle_in_transaction_session_timeout_ms",
                 db.idle_in_transaction_session_timeout_ms,
             ),
+            ("tls_watch_interval_ms", db.tls_watch_interval_ms),
         ] {
             if value == 0 {
                 return Err(self.invalid(format!(

@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use log::LevelFilter;
 
 /// Parsed log filter: a default level and per-module levels.
@@ -46,6 +48,11 @@ fn parse_level(text: &str) -> Result<LevelFilter, String> {
 
 fn dispatch(filter: &LogFilter) -> fern::Dispatch {
     let with_time = std::env::var_os("JOURNAL_STREAM").is_none();
+    let overridden: Vec<String> = filter
+        .modules
+        .iter()
+        .map(|(module, _)| module.clone())
+        .collect();
     let mut dispatch = fern::Dispatch::new()
         .format(move |out, message, record| {
             if with_time {
@@ -65,20 +72,54 @@ fn dispatch(filter: &LogFilter) -> fern::Dispatch {
                 ))
             }
         })
-        .level(filter.default);
-    // tokio_postgres logs the parameters of every statement at debug, and they include
-    // personal fields and API key hashes, so it stays at info unless the filter names it.
-    let names_driver = filter
-        .modules
-        .iter()
-        .any(|(module, _)| module.split("::").next() == Some("tokio_postgres"));
-    if !names_driver {
-        dispatch = dispatch.level_for("tokio_postgres", filter.default.min(LevelFilter::Info));
-    }
+        .level(LevelFilter::Trace)
+        .filter(move |metadata| {
+            // Modules with their own level are filtered by level_for alone.
+            let own_level = overridden
+                .iter()
+                .any(|module| metadata.target().starts_with(module));
+            if own_level {
+                return true;
+            }
+            // tokio_postgres logs the parameters of every statement at debug, and they include
+            // personal fields and API key hashes, so it stays at info unless the filter names it.
+            let ceiling = if metadata.target().starts_with("tokio_postgres") {
+                default_level().min(LevelFilter::Info)
+            } else {
+                default_level()
+            };
+            metadata.level() <= ceiling
+        });
     for (module, level) in &filter.modules {
         dispatch = dispatch.level_for(module.clone(), *level);
     }
+    DEFAULT_LEVEL.store(filter.default as usize, Ordering::Relaxed);
     dispatch
+}
+
+/// The level for modules without their own, changeable while running (see [`set_level`]).
+static DEFAULT_LEVEL: AtomicUsize = AtomicUsize::new(LevelFilter::Info as usize);
+
+fn default_level() -> LevelFilter {
+    match DEFAULT_LEVEL.load(Ordering::Relaxed) {
+        0 => LevelFilter::Off,
+        1 => LevelFilter::Error,
+        2 => LevelFilter::Warn,
+        3 => LevelFilter::Info,
+        4 => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    }
+}
+
+/// Changes the default level of the installed logger, as SIGHUP does from `log.level`. A
+/// `RUST_LOG` set at start-up keeps precedence, so this then does nothing and returns false.
+pub fn set_level(config_level: &str) -> Result<bool, String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok(false);
+    }
+    let level = parse_level(config_level)?;
+    DEFAULT_LEVEL.store(level as usize, Ordering::Relaxed);
+    Ok(true)
 }
 
 /// Installs the process logger: stderr, plus `file` when given. Fails on a bad `RUST_LOG`,

@@ -43,6 +43,12 @@ enum Command {
     /// Verify, read and checkpoint the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditAction),
+    /// Check the deployment's security posture; exit 1 when a critical check fails.
+    Doctor {
+        /// Print the checks as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create, verify, restore, prune and rekey encrypted backups.
     #[command(subcommand)]
     Backup(cli::BackupAction),
@@ -128,9 +134,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let line = error_line(&err);
-            log::error!("{line}");
-            eprintln!("error: {line}");
+            // One line on stderr, which journald also keeps under systemd.
+            eprintln!("error: {}", error_line(&err));
             ExitCode::FAILURE
         }
     }
@@ -190,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cli::audit_tail(&config, since.as_deref(), limit)
         }
         Command::Audit(AuditAction::Checkpoint) => cli::audit_checkpoint(&config),
+        Command::Doctor { json } => cli::doctor(&config, json),
         Command::Audit(AuditAction::Keygen { .. }) => {
             unreachable!("handled before loading the config")
         }

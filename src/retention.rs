@@ -378,7 +378,8 @@ fn audit_files(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// The retention job of `ctrip serve`: checks at start and then every
-/// `min(retention.interval_s, 3600)` seconds whether a run is due, and runs it.
+/// `min(retention.interval_s, 3600)` seconds whether a run is due, and runs it. It runs as
+/// the migration login, so only servers with `server.migrate_on_start` start it.
 pub struct Scheduler {
     stop: mpsc::Sender<()>,
     thread: JoinHandle<()>,
@@ -390,6 +391,14 @@ impl Scheduler {
         let retention = &config.retention;
         if retention.payment_personal_data_days.is_none() && retention.audit_events_months.is_none()
         {
+            return Ok(None);
+        }
+        if !config.server.migrate_on_start {
+            log::warn!(
+                "retention periods are set but server.migrate_on_start is false, so this \
+                 server has no migration login and does not run retention: run `ctrip \
+                 retention run` daily with the migration login"
+            );
             return Ok(None);
         }
         if retention.audit_events_months.is_some() {

@@ -19,6 +19,7 @@ use crate::http::body::BodySchema;
 use crate::http::{self, App, Server};
 use crate::payments::CreatePaymentRequest;
 use crate::retention;
+use crate::tls_watch::TlsWatcher;
 use crate::wallet::Wallet;
 
 /// A started server with what the start-up log line reports.
@@ -27,6 +28,7 @@ pub struct Running {
     pub app: Arc<App>,
     pub migrations_applied: usize,
     pub checkpoints: Option<Checkpointer>,
+    pub tls_watch: TlsWatcher,
     /// The daily retention job, when a retention period is configured.
     pub retention: Option<retention::Scheduler>,
 }
@@ -39,22 +41,39 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     let tls = Arc::new(SharedTls::from_config(config).context("invalid database TLS settings")?);
     let chains = ChainRegistry::from_config(&config.chains);
 
-    let migration_params = ConnectParams::migration(config)?;
     let migrations = migrate::embedded();
-    let mut client = tls.connect(&migration_params)?;
-    let applied = migrate::apply(&mut client, &migrations)?;
-    chains::sync(&mut client, &chains)?;
-    audit_relaxed_start(config, &mut client)?;
-    drop(client);
+    let applied = if config.server.migrate_on_start {
+        let mut owner = tls.connect(&ConnectParams::migration(config)?)?;
+        let applied = migrate::apply(&mut owner, &migrations)?;
+        chains::sync(&mut owner, &chains)?;
+        applied.len()
+    } else {
+        0
+    };
     let audit_key = match &config.audit.key_file {
         Some(path) => Some(checkpoint::load_key(path)?),
         None => None,
     };
 
     let runtime_params = ConnectParams::runtime(config)?;
-    let manager = pool::Manager::new(runtime_params, tls.clone());
+    // One direct session first, so a wrong password or host fails at once with its hint
+    // instead of after the pool's retries.
+    let mut runtime = tls.connect(&runtime_params)?;
+    if !config.server.migrate_on_start {
+        check_schema_current(&mut runtime, &migrations, &chains)?;
+    }
+    check_seed(&mut runtime, &wallet)?;
+    audit_relaxed_start(config, &mut runtime)?;
+    drop(runtime);
+    let manager = pool::Manager::new(runtime_params.clone(), tls.clone());
     let pool = pool::build(&config.pool, manager);
-    pool.get().map_err(|err| {
+    // The first session may take longer than a request would wait (TLS, SCRAM), so the
+    // start-up check waits for the longer of the two limits.
+    let first_timeout = config
+        .pool
+        .connection_timeout()
+        .max(Duration::from_millis(config.database.connect_timeout_ms));
+    pool.get_timeout(first_timeout).map_err(|err| {
         anyhow::anyhow!(
             "cannot open a pooled connection as {}: {err}",
             config.database.runtime.user
@@ -71,6 +90,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         migrations: migrations.clone(),
         create_payment_schema: BodySchema::of::<CreatePaymentRequest>(),
         openapi: http::openapi::document().to_string(),
+        auth_failures: Default::default(),
     });
     let server = Server::start(app.clone(), &config.server.listen, config.server.workers)
         .map_err(anyhow::Error::msg)?;
@@ -85,6 +105,8 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         _ => None,
     };
 
+    let watch_interval = Duration::from_millis(config.database.tls_watch_interval_ms);
+    let tls_watch = TlsWatcher::start(app.clone(), runtime_params, watch_interval);
     let retention = retention::Scheduler::start(config, app.tls.clone())?;
 
     log_summary(
@@ -92,16 +114,73 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         &server,
         &app,
         &migrations,
-        applied.len(),
+        applied,
         started.elapsed(),
     );
     Ok(Running {
         server,
         app,
-        migrations_applied: applied.len(),
+        migrations_applied: applied,
         checkpoints,
+        tls_watch,
         retention,
     })
+}
+
+/// With `server.migrate_on_start = false`, refuses to serve a schema or chain list that
+/// `ctrip migrate` has not brought up to date, since the runtime login may not change either.
+fn check_schema_current(
+    client: &mut postgres::Client,
+    migrations: &[migrate::Migration],
+    chains: &ChainRegistry,
+) -> anyhow::Result<()> {
+    let lines = migrate::status(client, migrations)?;
+    let pending: Vec<String> = lines
+        .iter()
+        .filter(|line| line.state != migrate::MigrationState::Applied)
+        .map(|line| format!("{:04} {:?}", line.version, line.state).to_lowercase())
+        .collect();
+    if !pending.is_empty() {
+        anyhow::bail!(
+            "migrations are not current ({}) and server.migrate_on_start is false: run `ctrip \
+             migrate` with the migration login first",
+            pending.join(", ")
+        );
+    }
+    let rows = client.query("SELECT name FROM ctrip.chains WHERE enabled", &[])?;
+    let stored: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    for chain in chains.iter() {
+        if !stored.contains(&chain.name) {
+            anyhow::bail!(
+                "chain {:?} from the config is not in the database: run `ctrip migrate`, which \
+                 also writes the configured chains and tokens",
+                chain.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Records the seed fingerprint on first start, and refuses a seed other than the recorded one.
+fn check_seed(client: &mut postgres::Client, wallet: &Wallet) -> anyhow::Result<()> {
+    let configured = wallet
+        .fingerprint()
+        .context("cannot fingerprint the seed")?;
+    client.execute(
+        "INSERT INTO ctrip.wallet_seed (fingerprint) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&configured],
+    )?;
+    let stored: String = client
+        .query_one("SELECT fingerprint FROM ctrip.wallet_seed", &[])?
+        .get(0);
+    if stored != configured {
+        anyhow::bail!(
+            "the configured mnemonic or passphrase is not the one this database's deposit \
+             addresses come from (seed fingerprint in the database {stored}, configured \
+             {configured}): start ctrip with the original mnemonic and passphrase"
+        );
+    }
+    Ok(())
 }
 
 /// Records a start-up in production with settings that weaken security, and warns about it.
@@ -222,9 +301,9 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     let running = start(config)?;
     for signal in signals.forever() {
         if signal == SIGHUP {
-            // NOTE: certificate and log-level reload on SIGHUP is not built yet; the
-            // signal is logged and ignored so systemd's ExecReload does not kill the server.
-            log::warn!("SIGHUP received: reload is not supported yet, nothing changed");
+            log::info!("SIGHUP received: reloading the TLS files and the log level");
+            running.tls_watch.reload_now();
+            reload_log_level(config);
             continue;
         }
         break;
@@ -242,6 +321,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
             timeout.as_secs()
         );
     }
+    running.tls_watch.stop();
     if let Some(checkpoints) = running.checkpoints {
         checkpoints.stop();
     }
@@ -251,6 +331,19 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     drop(running.app);
     log::info!("ctrip stopped");
     Ok(())
+}
+
+/// Applies `log.level` from the config file again; other settings need a restart.
+fn reload_log_level(config: &Config) {
+    let reloaded = Config::load(std::path::Path::new(&config.origin));
+    let result = reloaded.map_err(|err| err.to_string()).and_then(|fresh| {
+        crate::logging::set_level(&fresh.log.level).map(|changed| (changed, fresh))
+    });
+    match result {
+        Ok((true, fresh)) => log::info!("log level set to {}", fresh.log.level),
+        Ok((false, _)) => log::info!("RUST_LOG is set, so it keeps deciding the log level"),
+        Err(err) => log::error!("log level not reloaded: {err}"),
+    }
 }
 
 /// Opens a session as the migration login, for CLI commands that change the schema or keys.

@@ -192,6 +192,14 @@ fn check_prunes(
 
 fn check_row(report: &mut Report, id: i64, prev_hash: &[u8], hash: &[u8], row: &postgres::Row) {
     let expected_id = report.last_id + 1;
+    if id < 0 {
+        add(
+            report,
+            id,
+            "the row was never chained (its commit-time trigger did not run)".to_owned(),
+        );
+        return;
+    }
     if id != expected_id {
         add(
             report,

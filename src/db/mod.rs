@@ -6,10 +6,12 @@
 
 pub mod migrate;
 pub mod pool;
+pub mod rotation;
 pub mod tls;
 
+pub use rotation::{SharedTls, TlsState};
+
 use std::error::Error as _;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -17,7 +19,7 @@ use postgres::{Client, NoTls};
 
 use crate::config::{Config, ConfigError, DatabaseLogin};
 use crate::secret::Secret;
-use tls::{SslMode, TlsConnector, TlsError, TlsFiles, TlsMaterial};
+use tls::{SslMode, TlsConnector};
 
 /// Everything needed to open one session as one login.
 #[derive(Debug, Clone)]
@@ -168,10 +170,14 @@ pub fn connect(params: &ConnectParams, tls: Option<&TlsConnector>) -> Result<Cli
 }
 
 fn connect_error(params: &ConnectParams, mode: SslMode, source: postgres::Error) -> ConnectError {
-    let detail = match source.source() {
+    let mut detail = match source.source() {
         Some(cause) => error_chain(cause),
         None => source.to_string(),
     };
+    if let Some(hint) = connect_hint(&source, &detail, params) {
+        detail.push_str(": ");
+        detail.push_str(&hint);
+    }
     ConnectError {
         host: params.host.clone(),
         port: params.port,
@@ -182,71 +188,48 @@ fn connect_error(params: &ConnectParams, mode: SslMode, source: postgres::Error)
     }
 }
 
+/// Suggests the setting to check for common connection failures.
+fn connect_hint(source: &postgres::Error, detail: &str, params: &ConnectParams) -> Option<String> {
+    let hint = match source.code() {
+        Some(&SqlState::INVALID_PASSWORD) => format!(
+            "check the password of {} (its password_file, or CTRIP_DATABASE_PASSWORD / \
+             CTRIP_MIGRATION_PASSWORD)",
+            params.user
+        ),
+        Some(&SqlState::INVALID_CATALOG_NAME) => {
+            format!(
+                "database {} does not exist: check database.dbname",
+                params.dbname
+            )
+        }
+        Some(&SqlState::INVALID_AUTHORIZATION_SPECIFICATION) => format!(
+            "the server's pg_hba.conf has no TLS entry for {} on this database",
+            params.user
+        ),
+        _ if detail.contains("Connection refused") => format!(
+            "nothing accepts connections at {}:{}: check database.host and database.port, and \
+             that PostgreSQL is running",
+            params.host, params.port
+        ),
+        _ if detail.contains("does not support TLS") => {
+            "enable ssl on the server; ctrip never falls back to plaintext".to_owned()
+        }
+        _ if detail.contains("mismatch") => format!(
+            "the server certificate does not name {}: set database.host to a name in its \
+             subjectAltName, or use sslmode \"verify-ca\"",
+            params.host
+        ),
+        _ if detail.contains("certificate verify failed") => "check database.sslrootcert: it \
+             must contain the CA that signed the server certificate"
+            .to_owned(),
+        _ => return None,
+    };
+    Some(hint)
+}
+
 /// Quotes an SQL identifier, doubling embedded quotes.
 pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// The TLS connector in use, with a generation number that grows on every replacement.
-pub struct TlsState {
-    pub connector: Option<TlsConnector>,
-    pub generation: u64,
-    pub ca_fingerprint: Option<String>,
-    pub client_fingerprint: Option<String>,
-}
-
-/// The one handle every connection attempt reads its TLS settings from, so replacing the
-/// certificates is one swap here.
-pub struct SharedTls {
-    current: RwLock<Arc<TlsState>>,
-}
-
-impl SharedTls {
-    /// Loads the files for `mode` and builds the first connector (generation 1).
-    pub fn load(mode: SslMode, files: &TlsFiles) -> Result<SharedTls, TlsError> {
-        let state = if mode == SslMode::Disable {
-            TlsState {
-                connector: None,
-                generation: 1,
-                ca_fingerprint: None,
-                client_fingerprint: None,
-            }
-        } else {
-            let material = TlsMaterial::load(files)?;
-            TlsState {
-                connector: Some(TlsConnector::build(mode, &material)?),
-                generation: 1,
-                ca_fingerprint: Some(material.ca_fingerprint()),
-                client_fingerprint: material.client_fingerprint(),
-            }
-        };
-        Ok(SharedTls {
-            current: RwLock::new(Arc::new(state)),
-        })
-    }
-
-    /// Loads the TLS files named in `config`.
-    pub fn from_config(config: &Config) -> Result<SharedTls, TlsError> {
-        let db = &config.database;
-        let files = TlsFiles {
-            rootcert: db.sslrootcert.clone(),
-            cert: db.sslcert.clone(),
-            key: db.sslkey.clone(),
-        };
-        SharedTls::load(db.sslmode, &files)
-    }
-
-    pub fn current(&self) -> Arc<TlsState> {
-        self.current
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    /// Opens one session with the current TLS settings.
-    pub fn connect(&self, params: &ConnectParams) -> Result<Client, ConnectError> {
-        connect(params, self.current().connector.as_ref())
-    }
 }
 
 /// True when `err` means the database is unreachable or refusing work for now, so the caller

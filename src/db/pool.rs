@@ -115,11 +115,22 @@ impl Manager {
     }
 }
 
+/// Why the pool could not hand out a session.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The session was made with TLS material that has since been replaced; r2d2 drops it
+    /// and opens a new one.
+    #[error("a session of TLS generation {generation} was retired after a certificate reload")]
+    Retired { generation: u64 },
+}
+
 impl ManageConnection for Manager {
     type Connection = PgConn;
-    type Error = ConnectError;
+    type Error = PoolError;
 
-    fn connect(&self) -> Result<PgConn, ConnectError> {
+    fn connect(&self) -> Result<PgConn, PoolError> {
         let state = self.tls.current();
         let connected = super::connect(&self.params, state.connector.as_ref());
         let mut client = connected.inspect_err(|_| self.note_failure())?;
@@ -131,22 +142,26 @@ impl ManageConnection for Manager {
         })
     }
 
-    fn is_valid(&self, conn: &mut PgConn) -> Result<(), ConnectError> {
-        conn.client
-            .is_valid(self.check_timeout)
-            .map_err(|source| ConnectError {
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), PoolError> {
+        let state = self.tls.current();
+        if conn.generation != state.generation {
+            return Err(PoolError::Retired {
+                generation: conn.generation,
+            });
+        }
+        conn.client.is_valid(self.check_timeout).map_err(|source| {
+            PoolError::Connect(ConnectError {
                 host: self.params.host.clone(),
                 port: self.params.port,
                 user: self.params.user.clone(),
-                mode: self
-                    .tls
-                    .current()
+                mode: state
                     .connector
                     .as_ref()
                     .map_or(super::tls::SslMode::Disable, |c| c.mode()),
                 detail: "the pooled session failed its check-out test".to_owned(),
                 source,
             })
+        })
     }
 
     fn has_broken(&self, conn: &mut PgConn) -> bool {
@@ -154,13 +169,34 @@ impl ManageConnection for Manager {
     }
 }
 
-/// Logs connection failures at warn: the pool retries, and requests get 503 meanwhile.
-#[derive(Debug)]
-struct WarnOnError;
+/// Logs connection failures at warn, at most one line per 5 seconds with the count of the
+/// failures in between: the pool retries, and requests get 503 meanwhile.
+#[derive(Debug, Default)]
+struct WarnOnError {
+    last: Mutex<Option<(std::time::Instant, u64)>>,
+}
 
-impl HandleError<ConnectError> for WarnOnError {
-    fn handle_error(&self, error: ConnectError) {
-        log::warn!("database connection failed, the pool will retry: {error}");
+impl HandleError<PoolError> for WarnOnError {
+    fn handle_error(&self, error: PoolError) {
+        if let PoolError::Retired { .. } = error {
+            log::debug!("{error}");
+            return;
+        }
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match last.as_mut() {
+            Some((at, skipped)) if at.elapsed() < Duration::from_secs(5) => *skipped += 1,
+            _ => {
+                let skipped = last.map_or(0, |(_, skipped)| skipped);
+                log::warn!(
+                    "database connection failed, the pool will retry: {error} \
+                     (failures not logged since the previous line: {skipped})"
+                );
+                *last = Some((std::time::Instant::now(), 0));
+            }
+        }
     }
 }
 
@@ -176,6 +212,6 @@ pub fn build(config: &PoolConfig, manager: Manager) -> Pool {
         .max_lifetime(Some(Duration::from_secs(config.max_lifetime_s)))
         .idle_timeout(Some(Duration::from_secs(config.idle_timeout_s)))
         .test_on_check_out(config.test_on_check_out)
-        .error_handler(Box::new(WarnOnError))
+        .error_handler(Box::new(WarnOnError::default()))
         .build_unchecked(manager)
 }

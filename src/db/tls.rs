@@ -89,7 +89,7 @@ pub enum TlsError {
         what: &'static str,
         source: openssl::error::ErrorStack,
     },
-    #[error("{path} contains no certificate")]
+    #[error("{path} contains no certificate: expected PEM blocks starting with -----BEGIN CERTIFICATE-----")]
     Empty { path: PathBuf },
     #[error(
         "private key file {path} has mode {mode:04o}, so group or others can read it: run chmod \
@@ -98,6 +98,15 @@ pub enum TlsError {
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("client key {key} does not match client certificate {cert}")]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("{what} in {path} has expired: install a renewed certificate")]
+    Expired { path: PathBuf, what: &'static str },
+    #[error("client certificate {path} is not valid yet: check its notBefore and the clock")]
+    NotYetValid { path: PathBuf },
+    #[error(
+        "client certificate {cert} does not chain to a CA in {bundle}: add its issuing CA to \
+         the bundle or install a certificate from the bundle's CA"
+    )]
+    UntrustedClient { cert: PathBuf, bundle: PathBuf },
     #[error("cannot build the TLS connector: {0}")]
     Build(#[from] openssl::error::ErrorStack),
 }
@@ -133,17 +142,125 @@ impl TlsMaterial {
         Ok(TlsMaterial { ca, client })
     }
 
-    /// Returns the SHA-256 fingerprint of the first CA certificate, as lowercase hex.
-    pub fn ca_fingerprint(&self) -> String {
-        fingerprint(&self.ca[0])
+    /// Checks what parsing cannot: the client certificate is inside its validity window and
+    /// chains to a CA in the bundle, and at least one CA in the bundle is still valid.
+    pub fn validate(&self, files: &TlsFiles, now: i64) -> Result<(), TlsError> {
+        if !self
+            .ca
+            .iter()
+            .any(|ca| expiry_of(ca).is_some_and(|not_after| not_after > now))
+        {
+            return Err(TlsError::Expired {
+                path: files.rootcert.clone(),
+                what: "every CA certificate in the bundle",
+            });
+        }
+        let Some(identity) = &self.client else {
+            return Ok(());
+        };
+        let cert_path = files.cert.clone().unwrap_or_default();
+        let leaf = &identity.chain[0];
+        let not_before = asn1_unix(leaf.not_before()).unwrap_or(i64::MAX);
+        if not_before > now {
+            return Err(TlsError::NotYetValid { path: cert_path });
+        }
+        if expiry_of(leaf).is_none_or(|not_after| not_after <= now) {
+            return Err(TlsError::Expired {
+                path: cert_path,
+                what: "the client certificate",
+            });
+        }
+        if !chains_to_bundle(identity, &self.ca)? {
+            return Err(TlsError::UntrustedClient {
+                cert: cert_path,
+                bundle: files.rootcert.clone(),
+            });
+        }
+        Ok(())
     }
 
-    /// Returns the SHA-256 fingerprint of the client certificate, if one is configured.
-    pub fn client_fingerprint(&self) -> Option<String> {
-        self.client
-            .as_ref()
-            .map(|identity| fingerprint(&identity.chain[0]))
+    /// Describes the set for `/ready` and the logs: fingerprints and expiry.
+    pub fn summary(&self) -> TlsSummary {
+        TlsSummary {
+            ca: self.ca.iter().map(CertSummary::of).collect(),
+            client: self
+                .client
+                .as_ref()
+                .map(|identity| CertSummary::of(&identity.chain[0])),
+        }
     }
+}
+
+/// Fingerprint, subject and expiry of one certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CertSummary {
+    pub sha256: String,
+    pub subject: String,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+    pub serial: String,
+}
+
+impl CertSummary {
+    fn of(cert: &X509) -> CertSummary {
+        let subject = cert
+            .subject_name()
+            .entries()
+            .map(|entry| String::from_utf8_lossy(entry.data().as_slice()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let serial = cert
+            .serial_number()
+            .to_bn()
+            .and_then(|bn| bn.to_hex_str().map(|hex| hex.to_string()))
+            .unwrap_or_default();
+        CertSummary {
+            sha256: fingerprint(cert),
+            subject,
+            not_after: expiry_of(cert).unwrap_or(0),
+            serial,
+        }
+    }
+
+    /// Returns whole days from `now` until expiry, negative once expired.
+    pub fn days_left(&self, now: i64) -> i64 {
+        (self.not_after - now).div_euclid(86_400)
+    }
+}
+
+/// The certificates of a TLS set.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TlsSummary {
+    pub ca: Vec<CertSummary>,
+    pub client: Option<CertSummary>,
+}
+
+fn asn1_unix(time: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let diff = epoch.diff(time).ok()?;
+    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+}
+
+fn expiry_of(cert: &X509) -> Option<i64> {
+    asn1_unix(cert.not_after())
+}
+
+fn chains_to_bundle(identity: &ClientIdentity, bundle: &[X509]) -> Result<bool, TlsError> {
+    let mut store = X509StoreBuilder::new()?;
+    for ca in bundle {
+        store.add_cert(ca.clone())?;
+    }
+    let store = store.build();
+    let mut intermediates = openssl::stack::Stack::new()?;
+    for extra in &identity.chain[1..] {
+        intermediates.push(extra.clone())?;
+    }
+    let mut context = openssl::x509::X509StoreContext::new()?;
+    Ok(
+        context.init(&store, &identity.chain[0], &intermediates, |ctx| {
+            ctx.verify_cert()
+        })?,
+    )
 }
 
 fn fingerprint(cert: &X509) -> String {

@@ -48,7 +48,80 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             "the body is empty: send a JSON object".to_owned(),
         ));
     }
-    serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))
+    let parsed: Strict =
+        serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
+    Ok(parsed.0)
+}
+
+/// A JSON value parsed with duplicate object keys rejected at any depth, because serde_json
+/// would silently keep the last one (`{"amount": "1", "amount": "2"}` would mean 2).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key {}: send each key once",
+                    crate::payments::excerpt(&key)
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
 }
 
 /// A request body's JSON Schema, compiled, with the names of its top-level fields.
@@ -112,7 +185,11 @@ impl BodySchema {
                         return amount_err;
                     }
                 }
-                FieldError::new(&field, format!("{field}: {err}"))
+                let mut message = format!("{field}: {err}");
+                if message.chars().count() > 300 {
+                    message = format!("{}...", message.chars().take(300).collect::<String>());
+                }
+                FieldError::new(&field, message)
             }
         }
     }

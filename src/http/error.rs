@@ -12,6 +12,10 @@ use crate::payments::FieldError;
 
 #[derive(Debug)]
 pub enum ApiError {
+    /// A request the HTTP layer cannot trust, such as conflicting Content-Length headers.
+    BadRequest(String),
+    /// A request line longer than the server accepts.
+    UriTooLong(usize),
     MalformedJson(String),
     InvalidQuery(FieldError),
     Unauthorized(AuthFailure),
@@ -31,7 +35,8 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => 400,
+            ApiError::BadRequest(_) | ApiError::MalformedJson(_) | ApiError::InvalidQuery(_) => 400,
+            ApiError::UriTooLong(_) => 414,
             ApiError::Unauthorized(_) => 401,
             ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
@@ -46,6 +51,8 @@ impl ApiError {
 
     fn code(&self) -> &'static str {
         match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::MalformedJson(_) => "malformed_json",
             ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::Unauthorized(_) => "unauthorized",
@@ -62,6 +69,13 @@ impl ApiError {
 
     fn message_and_field(&self) -> (String, Option<&str>) {
         match self {
+            ApiError::BadRequest(detail) => (detail.clone(), None),
+            ApiError::UriTooLong(limit) => (
+                format!(
+                    "the request target is longer than {limit} bytes: shorten the path and query"
+                ),
+                None,
+            ),
             ApiError::MalformedJson(detail) => {
                 (format!("request body is not valid JSON: {detail}"), None)
             }
@@ -119,6 +133,11 @@ impl ApiError {
         let body = json!({"error": {"code": self.code(), "message": message, "field": field}});
         let mut response = Response::json(&body).with_status_code(self.status());
         match self {
+            ApiError::Unauthorized(AuthFailure::Missing) => {
+                // RFC 6750: no error code when the request carried no token at all.
+                response =
+                    response.with_additional_header("WWW-Authenticate", "Bearer realm=\"ctrip\"");
+            }
             ApiError::Unauthorized(_) => {
                 response = response.with_additional_header(
                     "WWW-Authenticate",

@@ -41,6 +41,39 @@ pub struct App {
     pub create_payment_schema: BodySchema,
     /// The OpenAPI document, serialized once.
     pub openapi: String,
+    /// Limits audit rows and warnings for failed authentication per client address.
+    pub auth_failures: FailureLimiter,
+}
+
+/// Admits the first failure per client address per minute and counts the rest, so a flood of
+/// bad keys costs one audit row and one warning per address and minute, not one each.
+#[derive(Default)]
+pub struct FailureLimiter {
+    windows: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u64, u64)>>,
+}
+
+impl FailureLimiter {
+    /// Returns `Some(n)` for the first failure of `client` in the current minute, where `n`
+    /// counts the failures suppressed in its previous minute; `None` for the rest.
+    pub fn admit(&self, client: std::net::IpAddr) -> Option<u64> {
+        let minute = crate::db::rotation::unix_now().max(0) as u64 / 60;
+        let mut windows = self
+            .windows
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if windows.len() > 10_000 {
+            windows.retain(|_, (window, _)| *window == minute);
+        }
+        let (window, suppressed) = windows.entry(client).or_insert((u64::MAX, 0));
+        if *window == minute {
+            *suppressed += 1;
+            return None;
+        }
+        let before = if *window == u64::MAX { 0 } else { *suppressed };
+        *window = minute;
+        *suppressed = 0;
+        Some(before)
+    }
 }
 
 /// What a handler knows about the request besides its contents, for audit rows and logs.
@@ -85,7 +118,7 @@ pub fn handle(app: &App, request: &Request) -> Response {
     log::info!(
         "request_id={request_id} method={} path={} status={} elapsed_ms={:.1} client={}",
         request.method(),
-        request.raw_url().split('?').next().unwrap_or(""),
+        log_path(&context.path),
         response.status_code,
         started.elapsed().as_secs_f64() * 1000.0,
         request.remote_addr().ip(),
@@ -97,18 +130,85 @@ fn log_error(err: &ApiError, request_id: &str, request: &Request) {
     let detail = err.log_detail();
     match err {
         ApiError::Internal(_) => log::error!("request_id={request_id} internal error: {detail}"),
-        ApiError::Unavailable(_) => log::warn!("request_id={request_id} database unavailable: {detail}"),
+        ApiError::Unavailable(_) => {
+            log::warn!("request_id={request_id} database unavailable: {detail}")
+        }
         ApiError::Forbidden(scope) => log::warn!(
             "request_id={request_id} scope denied: scope={scope} client={}",
             request.remote_addr().ip()
         ),
-        ApiError::Unauthorized(failure) => log::warn!(
-            "request_id={request_id} authentication failed: key_prefix={} client={} reason={detail}",
-            failure.prefix(),
-            request.remote_addr().ip()
-        ),
+        // Logged (rate-limited) where the audit row is written, in payments::authorize.
+        ApiError::Unauthorized(_) => log::debug!("request_id={request_id} rejected: {detail}"),
         _ => log::debug!("request_id={request_id} rejected: {detail}"),
     }
+}
+
+/// Longest request target (path and query) accepted, in bytes.
+const MAX_TARGET_BYTES: usize = 4096;
+
+/// Returns the path for the access log, cut to 200 characters so a huge path cannot flood it.
+fn log_path(path: &str) -> String {
+    if path.len() <= 200 {
+        return path.to_owned();
+    }
+    let mut end = 200;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...({} bytes)", &path[..end], path.len())
+}
+
+/// Rejects requests whose framing is ambiguous or oversized before any routing: a proxy in
+/// front could read conflicting Content-Length headers differently (request smuggling).
+fn check_framing(request: &Request) -> Result<(), ApiError> {
+    if request.raw_url().len() > MAX_TARGET_BYTES {
+        return Err(ApiError::UriTooLong(MAX_TARGET_BYTES));
+    }
+    let lengths = request
+        .headers()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("Content-Length"))
+        .count();
+    let chunked = request
+        .headers()
+        .any(|(name, _)| name.eq_ignore_ascii_case("Transfer-Encoding"));
+    if lengths > 1 || (lengths == 1 && chunked) {
+        return Err(ApiError::BadRequest(
+            "conflicting Content-Length or Transfer-Encoding headers: send exactly one".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the query string, rejecting parameters not in `allowed` and repeated ones, so a
+/// typo in a filter is an error instead of an unfiltered answer.
+pub fn strict_query(
+    request: &Request,
+    allowed: &[&str],
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let mut params = std::collections::HashMap::new();
+    for (key, value) in form_urlencoded::parse(request.raw_query_string().as_bytes()) {
+        let invalid = |message: String| {
+            ApiError::InvalidQuery(crate::payments::FieldError::new(&key, message))
+        };
+        if !allowed.contains(&key.as_ref()) {
+            let expected = if allowed.is_empty() {
+                "none".to_owned()
+            } else {
+                allowed.join(", ")
+            };
+            return Err(invalid(format!(
+                "unknown query parameter {}: expected {expected}",
+                crate::payments::excerpt(&key)
+            )));
+        }
+        if params.contains_key(key.as_ref()) {
+            return Err(invalid(format!(
+                "query parameter {key} is repeated: send it once"
+            )));
+        }
+        params.insert(key.into_owned(), value.into_owned());
+    }
+    Ok(params)
 }
 
 /// Accepts the client's request id when it is 1 to 128 visible, safe characters.
@@ -128,6 +228,7 @@ fn request_id(request: &Request) -> String {
 }
 
 fn route(app: &App, request: &Request, context: &RequestContext) -> Result<Response, ApiError> {
+    check_framing(request)?;
     let path = request.raw_url().split('?').next().unwrap_or("");
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = request.method();
@@ -140,11 +241,11 @@ fn route(app: &App, request: &Request, context: &RequestContext) -> Result<Respo
         }
         ["api", "v1", "payments"] => match method {
             "POST" => payments::create(app, request, context),
-            "GET" => payments::list(app, request, context),
+            "GET" | "HEAD" => payments::list(app, request, context),
             _ => Err(ApiError::MethodNotAllowed("GET, POST")),
         },
         ["api", "v1", "payments", id] => match method {
-            "GET" => payments::get(app, request, context, id),
+            "GET" | "HEAD" => payments::get(app, request, context, id),
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },
         ["api", "v1", "payments", id, "erase"] => match method {
@@ -152,7 +253,8 @@ fn route(app: &App, request: &Request, context: &RequestContext) -> Result<Respo
             _ => Err(ApiError::MethodNotAllowed("POST")),
         },
         _ => Err(ApiError::NotFound(format!(
-            "no route for {path}: see /api/v1/openapi.json"
+            "no route for {}: see /api/v1/openapi.json",
+            crate::payments::excerpt(path)
         ))),
     }
 }
@@ -164,14 +266,31 @@ fn only_get(method: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Describes the TLS set in use: generation, fingerprints, days to expiry, last reload.
+fn tls_status(app: &App) -> serde_json::Value {
+    let tls = app.tls.current();
+    let now = crate::db::rotation::unix_now();
+    let describe = |cert: &crate::db::tls::CertSummary| {
+        json!({
+            "sha256": cert.sha256,
+            "subject": cert.subject,
+            "serial": cert.serial,
+            "days_until_expiry": cert.days_left(now),
+        })
+    };
+    let summary = tls.summary.as_ref();
+    json!({
+        "sslmode": app.tls.mode().as_str(),
+        "generation": tls.generation,
+        "ca": summary.map(|s| s.ca.iter().map(describe).collect::<Vec<_>>()),
+        "client": summary.and_then(|s| s.client.as_ref()).map(describe),
+        "last_reload": app.tls.last_reload(),
+    })
+}
+
 /// Returns 200 when a pooled session responds and every migration is applied, else 503.
 fn ready(app: &App) -> Response {
-    let tls = app.tls.current();
-    let tls_json = json!({
-        "generation": tls.generation,
-        "ca_sha256": tls.ca_fingerprint,
-        "client_sha256": tls.client_fingerprint,
-    });
+    let tls_json = tls_status(app);
     let check = || -> Result<bool, String> {
         let mut conn = app
             .pool
@@ -186,8 +305,10 @@ fn ready(app: &App) -> Response {
             "status": "not_ready", "reason": "migrations are not current: run `ctrip migrate`", "tls": tls_json
         }))
         .with_status_code(503),
-        Err(reason) => {
-            log::warn!("readiness check failed: {reason}");
+        Err(detail) => {
+            // The detail names hosts and logins, so it goes to the log, not to the client.
+            log::warn!("readiness check failed: {detail}");
+            let reason = "the database is unavailable; the server log has the cause";
             Response::json(&json!({"status": "not_ready", "reason": reason, "tls": tls_json}))
                 .with_status_code(503)
                 .with_additional_header("Retry-After", "1")

@@ -27,6 +27,7 @@ const ERASE: &str = "payments:erase";
 /// The outer error is a database failure. The inner one is a denial (401 or 403) whose audit
 /// row is already inserted, so the caller commits the transaction before returning it.
 fn authorize(
+    app: &App,
     transaction: &mut Transaction<'_>,
     statements: &mut StatementCache,
     request: &Request,
@@ -37,12 +38,26 @@ fn authorize(
     let key = match apikeys::authenticate(transaction, statements, header)? {
         Ok(key) => key,
         Err(failure) => {
-            let event = Event::new(ActorType::ApiKey, "auth.failed", Outcome::Denied)
-                .actor(failure.prefix())
-                .source(context.client_ip.clone())
-                .request(context.request_id.clone())
-                .details(json!({"reason": failure.message().split(':').next()}));
-            audit::record_cached(transaction, statements, &event)?;
+            let client = request.remote_addr().ip();
+            if let Some(suppressed) = app.auth_failures.admit(client) {
+                log::warn!(
+                    "request_id={} authentication failed: key_prefix={} client={client} \
+                     reason={} suppressed_in_previous_minute={suppressed}",
+                    context.request_id,
+                    failure.prefix(),
+                    failure.message()
+                );
+                let details = json!({
+                    "reason": failure.message().split(':').next(),
+                    "suppressed_in_previous_minute": suppressed,
+                });
+                let event = Event::new(ActorType::ApiKey, "auth.failed", Outcome::Denied)
+                    .actor(failure.prefix())
+                    .source(context.client_ip.clone())
+                    .request(context.request_id.clone())
+                    .details(details);
+                audit::record_cached(transaction, statements, &event)?;
+            }
             return Ok(Err(ApiError::Unauthorized(failure)));
         }
     };
@@ -65,7 +80,7 @@ pub fn create(
     let bytes = body::read_json_bytes(request, app.max_body_bytes)?;
     let mut conn = app.pool.get()?;
     let (mut transaction, statements) = conn.transaction()?;
-    let key = match authorize(&mut transaction, statements, request, context, WRITE)? {
+    let key = match authorize(app, &mut transaction, statements, request, context, WRITE)? {
         Ok(key) => key,
         Err(denied) => {
             transaction.commit()?;
@@ -96,11 +111,9 @@ fn parse_create(app: &App, bytes: &[u8]) -> Result<NewPayment, ApiError> {
     app.create_payment_schema
         .validate(&value)
         .map_err(ApiError::Validation)?;
-    let amount_json = value.get("amount").cloned().unwrap_or_default();
     let parsed: CreatePaymentRequest = serde_json::from_value(value)
         .map_err(|err| ApiError::Validation(FieldError::new("", err.to_string())))?;
-    NewPayment::parse(parsed, &amount_json, &app.chains, &app.payments)
-        .map_err(ApiError::Validation)
+    NewPayment::parse(parsed, &app.chains, &app.payments).map_err(ApiError::Validation)
 }
 
 /// `GET /api/v1/payments/{id}`: 200, or 404 for an unknown, malformed or other merchant's id.
@@ -112,7 +125,7 @@ pub fn get(
 ) -> Result<Response, ApiError> {
     let mut conn = app.pool.get()?;
     let (mut transaction, statements) = conn.transaction()?;
-    let key = match authorize(&mut transaction, statements, request, context, READ)? {
+    let key = match authorize(app, &mut transaction, statements, request, context, READ)? {
         Ok(key) => key,
         Err(denied) => {
             transaction.commit()?;
@@ -120,7 +133,13 @@ pub fn get(
         }
     };
 
-    let not_found = || ApiError::NotFound(format!("no payment with id {id:?}"));
+    super::strict_query(request, &[])?;
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "no payment with id {}",
+            crate::payments::excerpt(id)
+        ))
+    };
     let Ok(id) = Uuid::parse_str(id) else {
         return Err(not_found());
     };
@@ -163,19 +182,23 @@ fn audit_cross_merchant(
 
 /// `GET /api/v1/payments?status=&limit=&starting_after=`: one page, newest first.
 pub fn list(app: &App, request: &Request, context: &RequestContext) -> Result<Response, ApiError> {
-    let query = ListQuery::parse(
-        request.get_param("status").as_deref(),
-        request.get_param("limit").as_deref(),
-        request.get_param("starting_after").as_deref(),
-    );
+    let query =
+        super::strict_query(request, &["status", "limit", "starting_after"]).and_then(|params| {
+            ListQuery::parse(
+                params.get("status").map(String::as_str),
+                params.get("limit").map(String::as_str),
+                params.get("starting_after").map(String::as_str),
+            )
+            .map_err(ApiError::InvalidQuery)
+        });
     let mut conn = app.pool.get()?;
     let (mut transaction, statements) = conn.transaction()?;
-    if let Err(denied) = authorize(&mut transaction, statements, request, context, READ)? {
+    if let Err(denied) = authorize(app, &mut transaction, statements, request, context, READ)? {
         transaction.commit()?;
         return Err(denied);
     }
 
-    let query = query.map_err(ApiError::InvalidQuery)?;
+    let query = query?;
     let page = store::list(&mut transaction, statements, &query).map_err(store_error)?;
     transaction.commit()?;
     Ok(Response::json(&page))
@@ -193,7 +216,7 @@ pub fn erase(
 ) -> Result<Response, ApiError> {
     let mut conn = app.pool.get()?;
     let (mut transaction, statements) = conn.transaction()?;
-    let key = match authorize(&mut transaction, statements, request, context, ERASE)? {
+    let key = match authorize(app, &mut transaction, statements, request, context, ERASE)? {
         Ok(key) => key,
         Err(denied) => {
             transaction.commit()?;
@@ -201,7 +224,13 @@ pub fn erase(
         }
     };
 
-    let not_found = || ApiError::NotFound(format!("no payment with id {id:?}"));
+    super::strict_query(request, &[])?;
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "no payment with id {}",
+            crate::payments::excerpt(id)
+        ))
+    };
     let Ok(id) = Uuid::parse_str(id) else {
         return Err(not_found());
     };

@@ -59,10 +59,11 @@ pub struct CreatePaymentRequest {
     /// Amount in base units (wei, lamports, token units) as a decimal string, or as a JSON
     /// integer when it fits in 64 bits. Must be 1 to 2^256-1.
     #[schemars(schema_with = "amount_schema")]
-    pub amount: AmountInput,
+    pub amount: serde_json::Value,
     /// Seconds until the payment expires; the server's default applies when omitted.
-    #[schemars(range(min = 1))]
-    pub expires_in: Option<u32>,
+    #[serde(default)]
+    #[schemars(schema_with = "expires_in_schema")]
+    pub expires_in: Option<serde_json::Value>,
     /// The merchant's own identifier for this payment, such as an order number.
     #[schemars(length(min = 1, max = 255))]
     pub reference: Option<String>,
@@ -71,23 +72,33 @@ pub struct CreatePaymentRequest {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// An amount as sent: a decimal string, or a JSON integer. The value itself is checked by
-/// [`Amount::from_json`], which gives a precise message for each way it can be wrong.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum AmountInput {
-    Text(String),
-    Integer(u64),
-}
-
 fn amount_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "description": "Base units as a decimal string of 1 to 78 digits, or a JSON integer",
         "anyOf": [
-            {"type": "string", "pattern": "^[0-9]{1,78}$"},
+            {"type": "string", "pattern": "^[0-9]+$"},
             {"type": "integer", "minimum": 1}
         ]
     })
+}
+
+fn expires_in_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Seconds until the payment expires; the server's default applies when omitted",
+        "type": ["integer", "null"],
+        "minimum": 1
+    })
+}
+
+/// Shortens `text` to at most 60 characters for an error message, so a huge bad value is not
+/// echoed back whole.
+pub fn excerpt(text: &str) -> String {
+    const MAX_CHARS: usize = 60;
+    if text.chars().count() <= MAX_CHARS {
+        return format!("{text:?}");
+    }
+    let head: String = text.chars().take(MAX_CHARS).collect();
+    format!("{head:?}... ({} characters)", text.chars().count())
 }
 
 /// An amount in base units, between 1 and 2^256-1, stored without leading zeros.
@@ -97,7 +108,7 @@ pub struct Amount(String);
 impl Amount {
     /// Parses a decimal string of base units.
     pub fn parse(text: &str) -> Result<Amount, FieldError> {
-        let invalid = |why: &str| FieldError::new("amount", format!("{text:?} {why}"));
+        let invalid = |why: &str| FieldError::new("amount", format!("{} {why}", excerpt(text)));
         if text.is_empty() {
             return Err(invalid(
                 "is empty: send the amount in base units, such as \"1500000\"",
@@ -152,8 +163,8 @@ impl Amount {
                 Err(FieldError::new(
                     "amount",
                     format!(
-                        "{number} is not a whole number up to 2^64-1: send base units as a \
-                         decimal string, such as \"1500000\""
+                        "{number} is not a whole number up to 2^64-1 as a JSON number: send base \
+                         units as a decimal string, such as \"1500000\""
                     ),
                 ))
             }
@@ -204,7 +215,6 @@ impl NewPayment {
     /// Applies the domain rules to a schema-valid request.
     pub fn parse(
         request: CreatePaymentRequest,
-        amount_json: &serde_json::Value,
         chains: &ChainRegistry,
         limits: &PaymentsConfig,
     ) -> Result<NewPayment, FieldError> {
@@ -212,8 +222,8 @@ impl NewPayment {
             FieldError::new(
                 "chain",
                 format!(
-                    "unknown chain {:?}: expected one of {}",
-                    request.chain,
+                    "unknown chain {}: expected one of {}",
+                    excerpt(&request.chain),
                     chains.names().join(", ")
                 ),
             )
@@ -225,8 +235,9 @@ impl NewPayment {
                     FieldError::new(
                         "token",
                         format!(
-                            "unknown token {symbol:?} on chain {}: expected one of {}, or omit \
+                            "unknown token {} on chain {}: expected one of {}, or omit \
                              token for the native {}",
+                            excerpt(symbol),
                             chain.name,
                             chain.token_symbols().join(", "),
                             chain.symbol
@@ -236,8 +247,8 @@ impl NewPayment {
                 Some((token.symbol.clone(), token.decimals))
             }
         };
-        let amount = Amount::from_json(amount_json)?;
-        let expires_in_s = parse_expires_in(request.expires_in, limits)?;
+        let amount = Amount::from_json(&request.amount)?;
+        let expires_in_s = parse_expires_in(request.expires_in.as_ref(), limits)?;
         let reference = request.reference.map(parse_reference).transpose()?;
         let metadata = parse_metadata(request.metadata)?;
         Ok(NewPayment {
@@ -258,8 +269,33 @@ impl NewPayment {
     }
 }
 
-fn parse_expires_in(value: Option<u32>, limits: &PaymentsConfig) -> Result<u32, FieldError> {
-    let seconds = value.unwrap_or(limits.default_expires_in_s);
+fn parse_expires_in(
+    value: Option<&serde_json::Value>,
+    limits: &PaymentsConfig,
+) -> Result<u32, FieldError> {
+    let range = format!(
+        "{} to {} seconds",
+        limits.min_expires_in_s, limits.max_expires_in_s
+    );
+    let seconds = match value {
+        None | Some(serde_json::Value::Null) => u64::from(limits.default_expires_in_s),
+        Some(serde_json::Value::Number(number)) => number.as_u64().ok_or_else(|| {
+            FieldError::new(
+                "expires_in",
+                format!("{number} is not a whole number of seconds: expected {range}"),
+            )
+        })?,
+        Some(other) => {
+            return Err(FieldError::new(
+                "expires_in",
+                format!(
+                    "must be a whole number of seconds, not {}",
+                    json_type(other)
+                ),
+            ))
+        }
+    };
+    let seconds = u32::try_from(seconds).unwrap_or(u32::MAX);
     if seconds < limits.min_expires_in_s || seconds > limits.max_expires_in_s {
         return Err(FieldError::new(
             "expires_in",
@@ -272,11 +308,24 @@ fn parse_expires_in(value: Option<u32>, limits: &PaymentsConfig) -> Result<u32, 
     Ok(seconds)
 }
 
+/// True for characters that change how text displays without being visible: bidirectional
+/// overrides and isolates, zero-width characters and the byte order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn parse_reference(reference: String) -> Result<String, FieldError> {
     if reference.chars().any(char::is_control) {
         return Err(FieldError::new(
             "reference",
             "contains control characters: use printable text",
+        ));
+    }
+    if reference.chars().any(is_invisible_format) {
+        return Err(FieldError::new(
+            "reference",
+            "contains invisible formatting characters (such as bidirectional overrides or \
+             zero-width spaces): use plain printable text",
         ));
     }
     if reference.trim().is_empty() {
@@ -292,6 +341,12 @@ fn parse_metadata(
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<serde_json::Value, FieldError> {
     let value = serde_json::Value::Object(metadata.unwrap_or_default());
+    if contains_nul(&value) {
+        return Err(FieldError::new(
+            "metadata",
+            "contains the NUL character (\\u0000), which PostgreSQL cannot store: remove it",
+        ));
+    }
     let size = value.to_string().len();
     if size > MAX_METADATA_BYTES {
         return Err(FieldError::new(
@@ -300,6 +355,18 @@ fn parse_metadata(
         ));
     }
     Ok(value)
+}
+
+/// True when any key or string value in `value` contains U+0000.
+fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        _ => false,
+    }
 }
 
 /// Lifecycle state of a payment.

@@ -122,6 +122,19 @@ impl Wallet {
         Ok(Wallet { evm, solana })
     }
 
+    /// Returns a fingerprint of the seed: 32 hex digits of SHA-256 over the index-0 address of
+    /// each family. Addresses are public, so the fingerprint reveals nothing about the keys.
+    pub fn fingerprint(&self) -> Result<String, DeriveError> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"ctrip-seed-fingerprint-v1");
+        for family in Family::ALL {
+            hasher.update(b"\n");
+            hasher.update(self.derive(family, 0)?.address.as_bytes());
+        }
+        Ok(hex::encode(&hasher.finalize()[..16]))
+    }
+
     /// Derives the deposit address of `family` at `index`.
     pub fn derive(&self, family: Family, index: u32) -> Result<DerivedAddress, DeriveError> {
         if index > MAX_INDEX {

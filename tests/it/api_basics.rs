@@ -12,7 +12,18 @@ fn health_and_ready_are_ok() {
     assert_eq!(health.status, 200);
     assert_eq!(ready.status, 200, "{}", ready.text);
     assert_eq!(ready.json["migrations"], "current");
-    assert_eq!(ready.json["tls"]["ca_sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        ready.json["tls"]["ca"][0]["sha256"].as_str().unwrap().len(),
+        64
+    );
+    assert_eq!(ready.json["tls"]["client"]["subject"], "ctrip");
+    assert!(
+        ready.json["tls"]["client"]["days_until_expiry"]
+            .as_i64()
+            .unwrap()
+            > 3000
+    );
+    assert_eq!(ready.json["tls"]["generation"], 1);
 }
 
 #[test]
@@ -109,4 +120,138 @@ fn openapi_document_uses_schemars_schemas() {
         reply.json["components"]["schemas"]["Payment"]["properties"]["derivation_path"].is_object()
     );
     assert!(reply.json["paths"]["/api/v1/payments"]["post"].is_object());
+}
+
+#[test]
+fn unknown_and_repeated_query_rejected() {
+    let app = TestApp::start();
+
+    let typo = app.get("/api/v1/payments?staus=pending");
+    let repeated = app.get("/api/v1/payments?limit=10&limit=1");
+    let on_get = app.get("/api/v1/payments/0190f3c4-0000-7000-8000-000000000000?expand=all");
+
+    assert_eq!(typo.status, 400);
+    assert_eq!(typo.error(), ("invalid_query", Some("staus")));
+    assert!(typo.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("expected status, limit, starting_after"));
+    assert_eq!(repeated.status, 400);
+    assert!(repeated.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("repeated"));
+    assert_eq!(on_get.status, 400);
+}
+
+#[test]
+fn oversized_target_is_414() {
+    let app = TestApp::start();
+    let path = format!("/nope/{}", "a".repeat(10_000));
+
+    let reply = app.request("GET", &path, None, &[]);
+
+    assert_eq!(reply.status, 414);
+    assert_eq!(reply.error().0, "uri_too_long");
+    assert!(reply.text.len() < 500);
+    let log = crate::harness::captured_log();
+    assert!(
+        !log.contains(&"a".repeat(1000)),
+        "the whole path reached the log"
+    );
+}
+
+#[test]
+fn conflicting_content_length_is_400() {
+    use std::io::{Read, Write};
+    let app = TestApp::start();
+    let mut stream = std::net::TcpStream::connect(app.base.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+
+    stream
+        .write_all(
+            b"POST /api/v1/payments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 2\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{}",
+        )
+        .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(
+        response.contains("conflicting Content-Length"),
+        "{response}"
+    );
+}
+
+#[test]
+fn bearer_scheme_case_insensitive() {
+    let app = TestApp::start();
+
+    let lower = app.request(
+        "GET",
+        "/api/v1/payments",
+        None,
+        &[("Authorization", &format!("bearer {}", app.key))],
+    );
+    let missing = app.request("GET", "/api/v1/payments", None, &[]);
+    let wrong = app.request(
+        "GET",
+        "/api/v1/payments",
+        None,
+        &[("Authorization", "Bearer ctrip_AAAAAAAA_x")],
+    );
+
+    assert_eq!(lower.status, 200, "{}", lower.text);
+    assert_eq!(
+        missing.header("WWW-Authenticate"),
+        Some("Bearer realm=\"ctrip\"")
+    );
+    assert!(wrong
+        .header("WWW-Authenticate")
+        .unwrap()
+        .contains("error=\"invalid_token\""));
+}
+
+#[test]
+fn auth_failures_audited_once_per_minute() {
+    let app = TestApp::start();
+
+    for _ in 0..5 {
+        app.request(
+            "GET",
+            "/api/v1/payments",
+            None,
+            &[("Authorization", "Bearer ctrip_AAAAAAAA_nope")],
+        );
+    }
+
+    let rows: i64 = app
+        .db
+        .owner()
+        .query_one(
+            "SELECT count(*) FROM ctrip.audit_events WHERE action = 'auth.failed'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
+
+#[test]
+fn ready_hides_connection_details() {
+    let app = TestApp::start_with(|config| {
+        crate::harness::set(config, "pool", "max_size", 1);
+        crate::harness::set(config, "pool", "connection_timeout_ms", 200);
+    });
+    let held = app.running().app.pool.get().unwrap();
+
+    let ready = app.request("GET", "/ready", None, &[]);
+
+    drop(held);
+    assert_eq!(ready.status, 503);
+    assert!(!ready.text.contains("ctrip_runtime"), "{}", ready.text);
+    assert!(!ready.text.contains("localhost"), "{}", ready.text);
 }

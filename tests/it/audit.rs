@@ -1,12 +1,13 @@
 //! The audit log: rows written with their change, the chain, tamper detection, checkpoints.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 
 use ctrip::audit::checkpoint;
 use ctrip::audit::verify::{self, Report};
 
 use crate::cli::{ctrip, stderr, stdout, write_config, ServerProcess};
-use crate::harness::{base_config, cluster, send, set, TestApp, TestDb};
+use crate::harness::{base_config, cluster, set, TestApp, TestDb};
 
 fn app_with_events(payments: usize) -> TestApp {
     let app = TestApp::start();
@@ -329,27 +330,7 @@ fn parallel_creates_keep_one_chain() {
     let app = TestApp::start();
     let barrier = Arc::new(Barrier::new(64));
 
-    let handles: Vec<_> = (0..64)
-        .map(|i| {
-            let (base, key, barrier) = (app.base.clone(), app.key.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let auth = format!("Bearer {key}");
-                let body = format!(r#"{{"chain": "ethereum", "amount": "{}"}}"#, i + 1);
-                barrier.wait();
-                send(
-                    &base,
-                    "POST",
-                    "/api/v1/payments",
-                    Some(&body),
-                    &[
-                        ("Authorization", &auth),
-                        ("Content-Type", "application/json"),
-                    ],
-                )
-                .status
-            })
-        })
-        .collect();
+    let handles = crate::concurrency::create_many(&app.base, &app.key, 64, barrier);
     let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap()).collect();
 
     assert!(statuses.iter().all(|&s| s == 201), "{statuses:?}");
@@ -370,27 +351,7 @@ fn parallel_creates_keep_one_chain() {
 #[test]
 fn cli_verify_tail_and_checkpoint() {
     let app = app_with_events(2);
-    let key_path = cluster()
-        .dir
-        .join("files")
-        .join(format!("audit-{}.key", uuid::Uuid::new_v4().simple()));
-    let checkpoints = cluster()
-        .dir
-        .join("files")
-        .join(format!("checkpoints-{}", uuid::Uuid::new_v4().simple()));
-    let mut table = base_config(&app.db);
-    set(
-        &mut table,
-        "audit",
-        "key_file",
-        key_path.display().to_string(),
-    );
-    set(
-        &mut table,
-        "audit",
-        "checkpoint_file",
-        checkpoints.display().to_string(),
-    );
+    let (table, key_path, checkpoints) = with_audit_files(&app.db);
     let config = write_config(&table);
 
     let keygen = ctrip(
@@ -464,28 +425,8 @@ fn cli_verify_tail_and_checkpoint() {
 #[test]
 fn serve_writes_checkpoint_on_stop() {
     let db = TestDb::create();
-    let key_path = cluster()
-        .dir
-        .join("files")
-        .join(format!("audit-{}.key", uuid::Uuid::new_v4().simple()));
+    let (table, key_path, checkpoints) = with_audit_files(&db);
     checkpoint::generate_key(&key_path).unwrap();
-    let checkpoints = cluster()
-        .dir
-        .join("files")
-        .join(format!("checkpoints-{}", uuid::Uuid::new_v4().simple()));
-    let mut table = base_config(&db);
-    set(
-        &mut table,
-        "audit",
-        "key_file",
-        key_path.display().to_string(),
-    );
-    set(
-        &mut table,
-        "audit",
-        "checkpoint_file",
-        checkpoints.display().to_string(),
-    );
     let server = ServerProcess::start_with(&db, &table);
 
     let code = server.stop();
@@ -504,4 +445,25 @@ fn loose_audit_key_rejected() {
     let err = checkpoint::load_key(&path).unwrap_err().to_string();
 
     assert!(err.contains("chmod 600"), "{err}");
+}
+
+/// Returns a config for `db` with an audit key path and checkpoint file of its own.
+fn with_audit_files(db: &TestDb) -> (toml::Table, PathBuf, PathBuf) {
+    let files = cluster().dir.join("files");
+    let key_path = files.join(format!("audit-{}.key", uuid::Uuid::new_v4().simple()));
+    let checkpoints = files.join(format!("checkpoints-{}", uuid::Uuid::new_v4().simple()));
+    let mut table = base_config(db);
+    set(
+        &mut table,
+        "audit",
+        "key_file",
+        key_path.display().to_string(),
+    );
+    set(
+        &mut table,
+        "audit",
+        "checkpoint_file",
+        checkpoints.display().to_string(),
+    );
+    (table, key_path, checkpoints)
 }

@@ -33,6 +33,7 @@ pub fn stderr(output: &Output) -> String {
 pub struct ServerProcess {
     child: Child,
     pub base: String,
+    pub log_path: PathBuf,
 }
 
 impl ServerProcess {
@@ -58,7 +59,19 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let base = wait_for_listen(&log_path);
-        ServerProcess { child, base }
+        ServerProcess {
+            child,
+            base,
+            log_path,
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
     }
 
     /// Sends SIGTERM and returns the exit code.
@@ -234,4 +247,83 @@ fn sigterm_stops_cleanly() {
 
     assert_eq!(health.status, 200);
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn sighup_reloads_without_restart() {
+    let db = TestDb::create();
+    let server = ServerProcess::start(&db);
+
+    server.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let health = crate::harness::send(&server.base, "GET", "/health", None, &[]);
+    let log = std::fs::read_to_string(&server.log_path).unwrap();
+    let code = server.stop();
+
+    assert_eq!(health.status, 200);
+    assert!(
+        log.contains("SIGHUP received: reloading the TLS files and the log level"),
+        "{log}"
+    );
+    assert!(
+        log.contains("TLS reload requested: the files are unchanged"),
+        "{log}"
+    );
+    assert!(log.contains("log level set to debug"), "{log}");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn other_seed_refused_at_start() {
+    let db = TestDb::create();
+    let first = ServerProcess::start(&db);
+    assert_eq!(first.stop(), Some(0));
+    let mut table = base_config(&db);
+    let other = cluster().write_file(
+        "mnemonic",
+        "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about\n",
+        0o600,
+    );
+    crate::harness::set(
+        &mut table,
+        "wallet",
+        "mnemonic_file",
+        other.display().to_string(),
+    );
+    let config = write_config(&table);
+
+    let output = ctrip(&config, &["serve"]);
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("seed fingerprint in the database"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn serve_without_migrating_needs_current_schema() {
+    let db = TestDb::create();
+    let mut table = base_config(&db);
+    crate::harness::set(&mut table, "server", "migrate_on_start", false);
+    table["database"]
+        .as_table_mut()
+        .unwrap()
+        .remove("migration");
+    let runtime_only = write_config(&table);
+    let full = write_config(&base_config(&db));
+
+    let before = ctrip(&runtime_only, &["serve"]);
+    let migrated = ctrip(&full, &["migrate"]);
+
+    assert_eq!(before.status.code(), Some(1));
+    assert!(
+        stderr(&before).contains("run `ctrip migrate`"),
+        "{}",
+        stderr(&before)
+    );
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let started = ServerProcess::start_with(&db, &table);
+    assert_eq!(started.stop(), Some(0));
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 use crate::cli::ServerProcess;
 use crate::harness::{create_api_key, send, TestApp, TestDb};
 
-fn create_many(
+pub fn create_many(
     base: &str,
     key: &str,
     count: usize,

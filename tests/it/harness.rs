@@ -326,6 +326,10 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
             running.server.stop(Duration::from_secs(10));
+            running.tls_watch.stop();
+            if let Some(checkpoints) = running.checkpoints {
+                checkpoints.stop();
+            }
         }
     }
 }
@@ -444,4 +448,92 @@ pub fn captured_log() -> String {
 /// Returns a database error's message with its server-side detail.
 pub fn error_text(err: &postgres::Error) -> String {
     ctrip::db::error_chain(err)
+}
+
+/// A PostgreSQL cluster of one test's own, for faults that would disturb the shared one.
+pub struct PrivateCluster {
+    pub dir: PathBuf,
+    pub pgdata: PathBuf,
+    pub port: u16,
+}
+
+fn cluster_script(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-cluster.sh");
+    let output = std::process::Command::new(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "pg-cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+impl PrivateCluster {
+    /// Creates and starts a TLS cluster on a free port with the ctrip roles and database `ctrip`.
+    pub fn start() -> PrivateCluster {
+        let shared = cluster();
+        let dir = shared
+            .dir
+            .join(format!("private-{}", uuid::Uuid::new_v4().simple()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let pgdata = dir.join("pgdata");
+        let port: u16 = cluster_script(&["free-port"]).parse().unwrap();
+        let (data, certs) = (
+            pgdata.display().to_string(),
+            shared.certs.display().to_string(),
+        );
+        cluster_script(&["init", &data, &port.to_string(), &certs, "--fast"]);
+        cluster_script(&["start", &data]);
+        cluster_script(&["roles", &data, &dir.join("secrets").display().to_string()]);
+        cluster_script(&["createdb", &data, "ctrip"]);
+        PrivateCluster { dir, pgdata, port }
+    }
+
+    pub fn stop(&self) {
+        cluster_script(&["stop", &self.pgdata.display().to_string()]);
+    }
+
+    pub fn restart(&self) {
+        cluster_script(&["start", &self.pgdata.display().to_string()]);
+    }
+
+    /// Returns a server config for database `ctrip` of this cluster.
+    pub fn config(&self, shared_db: &TestDb) -> toml::Table {
+        let mut table = base_config(shared_db);
+        let secret = |login: &str| {
+            self.dir
+                .join("secrets")
+                .join(format!("{login}.password"))
+                .display()
+                .to_string()
+        };
+        set(&mut table, "database", "port", i64::from(self.port));
+        set(&mut table, "database", "dbname", "ctrip");
+        set(
+            &mut table,
+            "database.runtime",
+            "password_file",
+            secret("ctrip_runtime"),
+        );
+        set(
+            &mut table,
+            "database.migration",
+            "password_file",
+            secret("ctrip_migrator"),
+        );
+        table
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-cluster.sh");
+        let _ = std::process::Command::new(script)
+            .args(["stop", &self.pgdata.display().to_string()])
+            .output();
+    }
 }

@@ -115,3 +115,41 @@ fn request_settings_do_not_leak() {
     assert_eq!(row.get::<_, String>(0), "5s");
     assert_eq!(row.get::<_, Option<String>>(1).unwrap_or_default(), "");
 }
+
+#[test]
+fn connection_failures_summarized_in_audit() {
+    let app = TestApp::start();
+    let mut owner = app.db.owner();
+    let revoke = format!("REVOKE CONNECT ON DATABASE {} FROM ctrip_app", app.db.name);
+    let grant = format!("GRANT CONNECT ON DATABASE {} TO ctrip_app", app.db.name);
+    let config = ctrip::config::PoolConfig {
+        max_size: 2,
+        min_idle: 0,
+        connection_timeout_ms: 500,
+        ..Default::default()
+    };
+    let params = ctrip::db::ConnectParams::runtime(
+        &crate::harness::parse_config(&crate::harness::base_config(&app.db)).unwrap(),
+    )
+    .unwrap();
+    let tls = std::sync::Arc::new(
+        ctrip::db::SharedTls::from_config(
+            &crate::harness::parse_config(&crate::harness::base_config(&app.db)).unwrap(),
+        )
+        .unwrap(),
+    );
+    let pool = ctrip::db::pool::build(&config, ctrip::db::pool::Manager::new(params, tls));
+
+    owner.batch_execute(&revoke).unwrap();
+    let refused = pool.get().is_err();
+    owner.batch_execute(&grant).unwrap();
+    let recovered = pool.get_timeout(Duration::from_secs(10)).is_ok();
+
+    assert!(refused);
+    assert!(recovered);
+    let details: String = owner
+        .query_one("SELECT details->>'failed_attempts' FROM ctrip.audit_events WHERE action = 'database.connection_failures'", &[])
+        .unwrap()
+        .get(0);
+    assert!(details.parse::<u32>().unwrap() >= 1, "{details}");
+}

@@ -29,6 +29,7 @@ fn case(
     }
 }
 
+#[rustfmt::skip]
 fn cases() -> Vec<Case> {
     let above_max =
         "115792089237316195423570985008687907853269984665640564039457584007913129639936";
@@ -273,6 +274,18 @@ fn cases() -> Vec<Case> {
             Some("metadata"),
             "8192",
         ),
+        case("metadata with NUL", r#"{"chain": "ethereum", "amount": "1", "metadata": {"a": "x\u0000y"}}"#, 422, "validation_failed", Some("metadata"), "NUL"),
+        case("metadata key with NUL", r#"{"chain": "ethereum", "amount": "1", "metadata": {"\u0000": 1}}"#, 422, "validation_failed", Some("metadata"), "NUL"),
+        case("duplicate amount key", r#"{"chain": "ethereum", "amount": "1", "amount": "2"}"#, 400, "malformed_json", None, "duplicate key \"amount\""),
+        case("duplicate metadata key", r#"{"chain": "ethereum", "amount": "1", "metadata": {"n": 1, "n": 2}}"#, 400, "malformed_json", None, "duplicate key \"n\""),
+        case("amount float with zero fraction", r#"{"chain": "ethereum", "amount": 1.0}"#, 422, "validation_failed", Some("amount"), "decimal string"),
+        case("amount exponent", r#"{"chain": "ethereum", "amount": 1e3}"#, 422, "validation_failed", Some("amount"), "decimal string"),
+        case("amount above u64 as number", r#"{"chain": "ethereum", "amount": 18446744073709551616}"#, 422, "validation_failed", Some("amount"), "decimal string"),
+        case("expires_in float", r#"{"chain": "ethereum", "amount": "1", "expires_in": 100.0}"#, 422, "validation_failed", Some("expires_in"), "whole number"),
+        case("expires_in above u32", r#"{"chain": "ethereum", "amount": "1", "expires_in": 4294967296}"#, 422, "validation_failed", Some("expires_in"), "60 to 604800"),
+        case("reference with bidi override", r#"{"chain": "ethereum", "amount": "1", "reference": "a\u202eb"}"#, 422, "validation_failed", Some("reference"), "invisible"),
+        case("reference with zero-width space", r#"{"chain": "ethereum", "amount": "1", "reference": "a\u200bb"}"#, 422, "validation_failed", Some("reference"), "invisible"),
+        case("huge unknown chain", &format!(r#"{{"chain": "{}", "amount": "1"}}"#, "c".repeat(5000)), 422, "validation_failed", Some("chain"), "..."),
     ]
 }
 
@@ -283,6 +296,12 @@ fn bad_bodies_rejected_with_field() {
     for case in cases() {
         let reply = app.post("/api/v1/payments", &case.body);
 
+        assert!(
+            reply.text.len() < 2000,
+            "{}: the error echoes {} bytes",
+            case.description,
+            reply.text.len()
+        );
         assert_eq!(
             reply.status, case.status,
             "{}: {}",
@@ -362,4 +381,18 @@ fn json_integer_amount_accepted() {
 
     assert_eq!(reply.status, 201, "{}", reply.text);
     assert_eq!(reply.json["amount"], "18446744073709551615");
+}
+
+#[test]
+fn zero_padded_amount_accepted() {
+    let app = TestApp::start();
+    let padded = format!("{}1", "0".repeat(78));
+
+    let reply = app.post(
+        "/api/v1/payments",
+        &format!(r#"{{"chain": "ethereum", "amount": "{padded}"}}"#),
+    );
+
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.json["amount"], "1");
 }
