@@ -1,7 +1,7 @@
 -- Retention and erasure of personal data. Audited pruning of old audit events is in 0006,
 -- because it must come after 0005, which also replaces ctrip.audit_reject_change().
 --
--- Runs as ctrip_owner. The personal fields of a payment are reference and metadata; amount,
+-- Runs as ctrip_owner. The personal fields of a payment are reference and metadata. Amount,
 -- chain, address, status, timestamps and transaction data stay for accounting.
 
 -- final_at: when the payment reached a final state (paid, settled, expired or failed);
@@ -36,7 +36,7 @@ $$;
 CREATE TRIGGER payment_final_at BEFORE INSERT OR UPDATE OF status ON ctrip.payments
     FOR EACH ROW EXECUTE FUNCTION ctrip.payment_set_final_at();
 
--- Erasing sets reference to NULL and metadata to {}; the first such update records the time,
+-- Erasing sets reference to NULL and metadata to {}. The first such update records the time,
 -- and erasing again keeps it.
 CREATE FUNCTION ctrip.payment_set_erased_at()
 RETURNS trigger

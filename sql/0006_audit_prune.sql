@@ -4,9 +4,9 @@
 -- version keeps the exception 0005 added for chaining rows at commit.
 
 -- Pruned ranges of the audit log. The row before the first kept event is gone, so
--- `ctrip audit verify` starts the chain from last_hash of the newest prune, and checks
--- signature (ed25519 over the checkpoint line for last_id and last_hash, made with the audit
--- key before the rows were deleted) when it has the key.
+-- `ctrip audit verify` starts the chain from last_hash of the newest prune. With the audit
+-- key it also checks signature: the ed25519 signature of the checkpoint line for last_id and
+-- last_hash, made before the rows were deleted.
 CREATE TABLE ctrip.audit_prunes (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     pruned_at      timestamptz NOT NULL DEFAULT now(),
