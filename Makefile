@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help deps run test bench stop certs clean-db build lint bench-backup
+.PHONY: help deps run test bench bench-backup stop certs clean-db build lint
 
 help:
 	@echo "make run       set up certs, a local TLS-only PostgreSQL and ctrip, then serve on 127.0.0.1:8080"

@@ -116,7 +116,11 @@ key_hash=$(printf '%s' "$CTRIP_BENCH_KEY" | sha256sum | cut -d' ' -f1)
 
 postgres_version=$(scripts/pg-cluster.sh psql "$PGDATA" -tA -c 'SHOW server_version')
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
+# BENCHMARKS.md is left out of the dirty check, because the previous run rewrote it.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if ! git diff --quiet HEAD -- . ':(exclude)BENCHMARKS.md' 2>/dev/null; then
+    commit+=-dirty
+fi
 printf 'kind=facts\tdate=%s\tcommit=%s\tcores=%s\tcpu=%s\tpostgres=%s\twarmup_s=%s\tduration_s=%s\n' \
     "$(date -u '+%Y-%m-%d %H:%M UTC')" "$commit" "$(nproc)" "$cpu_model" \
     "$postgres_version" "$WARMUP_S" "$DURATION_S" >>"$RESULTS"

@@ -449,9 +449,13 @@ cmd_stop() {
         say "cluster $data_dir is not running"
         return 0
     fi
+    local socket_dir
+    socket_dir=$(read_socket_dir "$data_dir" "$bin")
     if ! as_postgres "$bin/pg_ctl" -D "$data_dir" -m fast -w -t 60 stop >/dev/null; then
         die "pg_ctl failed to stop cluster $data_dir; see $(log_file_of "$data_dir")"
     fi
+    # start creates the socket directory again, so an empty one is not left behind in /tmp.
+    rmdir "$socket_dir" 2>/dev/null || true
     say "stopped cluster $data_dir"
 }
 

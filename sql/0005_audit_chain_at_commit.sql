@@ -41,7 +41,9 @@ DECLARE
     head record;
     chained ctrip.audit_events;
 BEGIN
-    SELECT last_id, last_hash INTO head FROM ctrip.audit_chain_head FOR UPDATE;
+    -- WHERE singleton lets the primary key find the one row instead of scanning every page the
+    -- table's dead versions leave behind, all while the lock is held.
+    SELECT last_id, last_hash INTO head FROM ctrip.audit_chain_head WHERE singleton FOR UPDATE;
     SELECT * INTO chained FROM ctrip.audit_events WHERE id = NEW.id;
     chained.id := head.last_id + 1;
     chained.prev_hash := head.last_hash;
@@ -51,12 +53,13 @@ BEGIN
     SET id = chained.id, prev_hash = chained.prev_hash, hash = chained.hash
     WHERE id = NEW.id;
     PERFORM set_config('ctrip.audit_chaining', 'off', true);
-    UPDATE ctrip.audit_chain_head SET last_id = chained.id, last_hash = chained.hash;
+    UPDATE ctrip.audit_chain_head SET last_id = chained.id, last_hash = chained.hash WHERE singleton;
     RETURN NULL;
 END
 $$;
 
--- The one UPDATE allowed: chaining a pending row, from the commit trigger above.
+-- The changes allowed: chaining a pending row, from the commit trigger above, and deleting a
+-- range that ctrip.audit_prune() recorded in this transaction (see 0003).
 CREATE OR REPLACE FUNCTION ctrip.audit_reject_change()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -66,6 +69,12 @@ BEGIN
     IF TG_OP = 'UPDATE' AND OLD.id < 0 AND OLD.hash IS NULL
         AND current_setting('ctrip.audit_chaining', true) = 'on' THEN
         RETURN NEW;
+    END IF;
+    IF TG_OP = 'DELETE' AND EXISTS (
+        SELECT FROM ctrip.audit_prunes p
+        WHERE p.transaction_id = txid_current() AND OLD.id BETWEEN p.first_id AND p.last_id
+    ) THEN
+        RETURN OLD;
     END IF;
     RAISE EXCEPTION 'audit_events is append-only: % is not allowed', TG_OP
         USING ERRCODE = 'insufficient_privilege';

@@ -78,18 +78,17 @@ fn dispatch(filter: &LogFilter) -> fern::Dispatch {
             let own_level = overridden
                 .iter()
                 .any(|module| metadata.target().starts_with(module));
-            if own_level {
-                return true;
-            }
-            // tokio_postgres logs the parameters of every statement at debug, and they include
-            // personal fields and API key hashes, so it stays at info unless the filter names it.
-            let ceiling = if metadata.target().starts_with("tokio_postgres") {
-                default_level().min(LevelFilter::Info)
-            } else {
-                default_level()
-            };
-            metadata.level() <= ceiling
+            own_level || metadata.level() <= default_level()
         });
+    // tokio_postgres logs the parameters of every statement at debug, and they include
+    // personal fields and API key hashes, so it stays at info unless the filter names it.
+    let names_driver = filter
+        .modules
+        .iter()
+        .any(|(module, _)| module.split("::").next() == Some("tokio_postgres"));
+    if !names_driver {
+        dispatch = dispatch.level_for("tokio_postgres", LevelFilter::Info);
+    }
     for (module, level) in &filter.modules {
         dispatch = dispatch.level_for(module.clone(), *level);
     }

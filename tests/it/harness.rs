@@ -330,6 +330,9 @@ impl Drop for TestApp {
             if let Some(checkpoints) = running.checkpoints {
                 checkpoints.stop();
             }
+            if let Some(retention) = running.retention {
+                retention.stop();
+            }
         }
     }
 }
