@@ -302,12 +302,13 @@ fn prune_audit_events(
 ) -> anyhow::Result<()> {
     // Only a prefix of the log is pruned, ending before the first event at or after the
     // cutoff, so no younger event goes even when ids and times are not in the same order.
+    // Rows of this transaction are still pending (negative ids) until it commits.
     let row = transaction.query_one(
         "WITH bounds AS (SELECT now() - make_interval(months => $1) AS cutoff)
          SELECT bounds.cutoff,
-                (SELECT min(id) FROM ctrip.audit_events),
+                (SELECT min(id) FROM ctrip.audit_events WHERE id > 0),
                 coalesce((SELECT min(id) - 1 FROM ctrip.audit_events
-                          WHERE occurred_at >= bounds.cutoff),
+                          WHERE id > 0 AND occurred_at >= bounds.cutoff),
                          (SELECT max(id) FROM ctrip.audit_events))
          FROM bounds",
         &[&(months as i32)],
@@ -324,8 +325,8 @@ fn prune_audit_events(
     }
     let rows: i64 = transaction
         .query_one(
-            "SELECT count(*) FROM ctrip.audit_events WHERE id <= $1",
-            &[&last_id],
+            "SELECT count(*) FROM ctrip.audit_events WHERE id BETWEEN $1 AND $2",
+            &[&first_id, &last_id],
         )?
         .get(0);
     report.audit_pruned = Some(PrunedRange {
@@ -378,7 +379,8 @@ fn audit_files(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// The retention job of `ctrip serve`: checks at start and then every
-/// `min(retention.interval_s, 3600)` seconds whether a run is due, and runs it.
+/// `min(retention.interval_s, 3600)` seconds whether a run is due, and runs it. It runs as
+/// the migration login, so only servers with `server.migrate_on_start` start it.
 pub struct Scheduler {
     stop: mpsc::Sender<()>,
     thread: JoinHandle<()>,
@@ -390,6 +392,14 @@ impl Scheduler {
         let retention = &config.retention;
         if retention.payment_personal_data_days.is_none() && retention.audit_events_months.is_none()
         {
+            return Ok(None);
+        }
+        if !config.server.migrate_on_start {
+            log::warn!(
+                "retention periods are set but server.migrate_on_start is false, so this \
+                 server has no migration login and does not run retention: run `ctrip \
+                 retention run` daily with the migration login"
+            );
             return Ok(None);
         }
         if retention.audit_events_months.is_some() {

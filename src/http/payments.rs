@@ -224,7 +224,13 @@ pub fn erase(
         }
     };
 
-    let not_found = || ApiError::NotFound(format!("no payment with id {id:?}"));
+    super::strict_query(request, &[])?;
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "no payment with id {}",
+            crate::payments::excerpt(id)
+        ))
+    };
     let Ok(id) = Uuid::parse_str(id) else {
         return Err(not_found());
     };
