@@ -139,7 +139,7 @@ fn ready_tls(app: &TestApp) -> serde_json::Value {
 
 /// Waits until `/ready` shows generation `generation`, failing after 15 s.
 fn wait_for_generation(app: &TestApp, generation: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(40);
     while Instant::now() < deadline {
         if ready_tls(app)["generation"] == generation {
             return;
@@ -151,7 +151,7 @@ fn wait_for_generation(app: &TestApp, generation: u64) {
 
 /// Waits until the last reload failed with a message containing `reason`.
 fn wait_for_rejection(app: &TestApp, reason: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(40);
     while Instant::now() < deadline {
         let tls = ready_tls(app);
         let last = &tls["last_reload"];
@@ -388,16 +388,22 @@ fn bad_rotations_keep_current_set() {
 
         assert_eq!(tls["generation"], 1, "{description}");
         assert_eq!(reply.status, 201, "{description}: {}", reply.text);
-        let rejections: i64 = app
-            .db
-            .owner()
-            .query_one(
-                "SELECT count(*) FROM ctrip.audit_events WHERE action = 'tls.reload_failed'",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(rejections, index as i64 + 1, "{description}");
+        // The audit row is written just after /ready shows the rejection, so wait for it.
+        let count_rejections = || -> i64 {
+            app.db
+                .owner()
+                .query_one(
+                    "SELECT count(*) FROM ctrip.audit_events WHERE action = 'tls.reload_failed'",
+                    &[],
+                )
+                .unwrap()
+                .get(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count_rejections() < index as i64 + 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(count_rejections(), index as i64 + 1, "{description}");
         fs::write(live.join("client.crt"), &good_cert).unwrap();
         write_private(&live.join("client.key"), &good_key);
         std::thread::sleep(Duration::from_millis(300));
