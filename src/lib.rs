@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod doctor;
 pub mod http;
+pub mod keyfile;
 pub mod logging;
 pub mod merchants;
 pub mod payments;

@@ -8,14 +8,14 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use postgres::GenericClient;
-use rand::RngCore;
-use zeroize::Zeroizing;
+
+use crate::keyfile;
 
 /// A checkpoint problem: the key file, the checkpoint file, or a line in it.
 #[derive(Debug, thiserror::Error)]
@@ -30,16 +30,8 @@ pub enum CheckpointError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "audit key {path} has mode {mode:04o}, readable by group or others: run chmod 600 {path}"
-    )]
-    KeyPermissions { path: PathBuf, mode: u32 },
-    #[error(
-        "audit key {path} is invalid: expected 64 hex digits (an ed25519 secret key) on one line"
-    )]
-    KeyFormat { path: PathBuf },
-    #[error("{path} already exists: refusing to overwrite an audit key")]
-    KeyExists { path: PathBuf },
+    #[error(transparent)]
+    Key(#[from] crate::keyfile::KeyFileError),
     #[error("{path} line {line}: {message}")]
     Line {
         path: PathBuf,
@@ -60,57 +52,21 @@ pub struct Checkpoint {
 
 const PREFIX: &str = "ctrip-audit-checkpoint v1";
 
+const KEY_KIND: &str = "audit key";
+
 fn signed_message(id: i64, hash_hex: &str, at: &str) -> String {
     format!("{PREFIX}\nid={id}\nhash={hash_hex}\nat={at}")
 }
 
 /// Creates a new audit key file with mode 0600; never overwrites one.
 pub fn generate_key(path: &Path) -> Result<VerifyingKey, CheckpointError> {
-    let mut seed = Zeroizing::new([0u8; 32]);
-    rand::rng().fill_bytes(seed.as_mut());
-    let key = SigningKey::from_bytes(&seed);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => CheckpointError::KeyExists {
-                path: path.to_owned(),
-            },
-            _ => CheckpointError::Write {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-    let text = Zeroizing::new(format!("{}\n", hex::encode(seed.as_ref())));
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|source| CheckpointError::Write {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(key.verifying_key())
+    let seed = keyfile::create(path, KEY_KIND)?;
+    Ok(SigningKey::from_bytes(&seed).verifying_key())
 }
 
 /// Reads the signing key, rejecting a file that group or others can read.
 pub fn load_key(path: &Path) -> Result<SigningKey, CheckpointError> {
-    let read_error = |source| CheckpointError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mode = fs::metadata(path).map_err(read_error)?.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(CheckpointError::KeyPermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(read_error)?);
-    let mut seed = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| CheckpointError::KeyFormat {
-        path: path.to_owned(),
-    })?;
+    let seed = keyfile::read(path, KEY_KIND)?;
     Ok(SigningKey::from_bytes(&seed))
 }
 

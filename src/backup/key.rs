@@ -7,16 +7,15 @@
 //! KEK, with the header digest and the key id as associated data, so an unwrap also
 //! authenticates the header.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, Key, KeyInit, Nonce};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+use crate::keyfile;
 
 /// Length of a key id in bytes.
 pub const KEY_ID_LEN: usize = 16;
@@ -28,27 +27,7 @@ pub const ENVELOPE_LEN: usize = KEY_ID_LEN + 12 + WRAPPED_LEN;
 const WRAP_CONTEXT: &[u8] = b"ctrip-backup-key-wrap v1";
 
 /// A problem with a key file.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read backup key {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot write backup key {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "backup key {path} has mode {mode:04o}, readable by group or others: run chmod 600 {path}"
-    )]
-    Permissions { path: PathBuf, mode: u32 },
-    #[error("backup key {path} is invalid: expected 64 hex digits (32 random bytes) on one line")]
-    Format { path: PathBuf },
-    #[error("{path} already exists: refusing to overwrite a backup key")]
-    Exists { path: PathBuf },
-}
+pub type KeyError = crate::keyfile::KeyFileError;
 
 /// A key-encryption key with its id. The key bytes are zeroed on drop.
 pub struct Kek {
@@ -151,53 +130,16 @@ pub fn random_data_key() -> Zeroizing<[u8; 32]> {
     key
 }
 
+const KEY_KIND: &str = "backup key";
+
 /// Creates a new KEK file with mode 0600 and returns the key; never overwrites a file.
 pub fn generate(path: &Path) -> Result<Kek, KeyError> {
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    rand::rng().fill_bytes(bytes.as_mut());
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => KeyError::Exists {
-                path: path.to_owned(),
-            },
-            _ => KeyError::Write {
-                path: path.to_owned(),
-                source,
-            },
-        })?;
-    let text = Zeroizing::new(format!("{}\n", hex::encode(bytes.as_ref())));
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|source| KeyError::Write {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(Kek::from_bytes(*bytes))
+    Ok(Kek::from_bytes(*keyfile::create(path, KEY_KIND)?))
 }
 
 /// Reads a KEK file, rejecting one that group or others can read.
 pub fn load(path: &Path) -> Result<Kek, KeyError> {
-    let read_error = |source| KeyError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let mode = fs::metadata(path).map_err(read_error)?.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Permissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(read_error)?);
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), bytes.as_mut()).map_err(|_| KeyError::Format {
-        path: path.to_owned(),
-    })?;
-    Ok(Kek::from_bytes(*bytes))
+    Ok(Kek::from_bytes(*keyfile::read(path, KEY_KIND)?))
 }
 
 #[cfg(test)]
