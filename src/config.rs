@@ -273,7 +273,7 @@ impl Default for PaymentsConfig {
     }
 }
 
-/// Where audit checkpoints are signed and written.
+/// Settings of signed audit checkpoints: the key and the file they are appended to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {

@@ -3,7 +3,7 @@
 //! Each check has a stable id, a severity, a status, the evidence it saw and the fix. The
 //! runtime login's own session shows what the server really gets: TLS, role attributes and
 //! settings. The migration login owns the schema, so it verifies migrations and the audit
-//! chain. A check whose facts the login may not read is skipped and says so.
+//! chain. A check whose facts the login may not read is reported as skipped.
 
 use std::os::unix::fs::MetadataExt;
 

@@ -123,7 +123,7 @@ enum AuditAction {
     Checkpoint,
     /// Create a new ed25519 audit key file (mode 0600); never overwrites one.
     Keygen {
-        /// Where to write the key.
+        /// Path of the new key file.
         #[arg(long)]
         out: PathBuf,
     },

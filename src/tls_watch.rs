@@ -1,9 +1,9 @@
 //! Certificate rotation while serving: a thread that reloads the TLS files when they change.
 //!
 //! The thread compares a digest of the files' contents every `database.tls_watch_interval_ms`,
-//! so copies, atomic renames and symlink swaps in `certs/` are all seen, and reloads at once
-//! when SIGHUP asks it to. A successful reload and a rejected set are both logged and audited;
-//! a rejected set leaves the current one in use and is retried when the files change again.
+//! so copies, atomic renames and symlink swaps in `certs/` are all seen. SIGHUP makes it
+//! reload at once. A successful reload and a rejected set are both logged and audited. A
+//! rejected set leaves the current one in use and is retried when the files change again.
 //! The thread also logs certificates close to expiry at start and once a day.
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};

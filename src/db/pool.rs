@@ -115,7 +115,7 @@ impl Manager {
     }
 }
 
-/// Why the pool could not hand out a session.
+/// A failure to hand out a pooled session.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error(transparent)]

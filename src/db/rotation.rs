@@ -36,7 +36,7 @@ pub struct ReloadResult {
     pub message: String,
 }
 
-/// What a reload attempt did.
+/// The outcome of a reload attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReloadOutcome {
     /// The files are the ones in use, or the ones that failed last time.

@@ -76,7 +76,7 @@ impl FailureLimiter {
     }
 }
 
-/// What a handler knows about the request besides its contents, for audit rows and logs.
+/// Facts about a request besides its contents, for audit rows and logs.
 pub struct RequestContext {
     pub request_id: String,
     pub client_ip: String,
@@ -143,7 +143,7 @@ fn log_error(err: &ApiError, request_id: &str, request: &Request) {
     }
 }
 
-/// Longest request target (path and query) accepted, in bytes.
+/// Maximum length of the request target (path and query), in bytes.
 const MAX_TARGET_BYTES: usize = 4096;
 
 /// Returns the path for the access log, cut to 200 characters so a huge path cannot flood it.
@@ -180,7 +180,7 @@ fn check_framing(request: &Request) -> Result<(), ApiError> {
 }
 
 /// Parses the query string, rejecting parameters not in `allowed` and repeated ones, so a
-/// typo in a filter is an error instead of an unfiltered answer.
+/// typo in a filter is an error instead of an unfiltered response.
 pub fn strict_query(
     request: &Request,
     allowed: &[&str],

@@ -20,7 +20,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code, such as validation_failed or unauthorized.
     pub code: String,
-    /// What was wrong and how to fix it.
+    /// Description of the problem and its fix.
     pub message: String,
     /// The request field or query parameter at fault, when there is one.
     pub field: Option<String>,

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::{body, App, RequestContext};
 use crate::apikeys::{self, AuthenticatedKey};
 use crate::audit::{self, ActorType, Event, Outcome};
-use crate::db::pool::StatementCache;
+use crate::db::pool::{PgConn, StatementCache};
 use crate::payments::store::{self, StoreError};
 use crate::payments::{CreatePaymentRequest, ErasedPayment, FieldError, ListQuery, NewPayment};
 use crate::retention;
@@ -71,6 +71,37 @@ fn authorize(
     Ok(Ok(key))
 }
 
+/// Opens the request's transaction and authorizes it for `scope`. A denial commits its
+/// audit row before returning the 401 or 403.
+fn begin<'a>(
+    app: &App,
+    conn: &'a mut PgConn,
+    request: &Request,
+    context: &RequestContext,
+    scope: &'static str,
+) -> Result<(Transaction<'a>, &'a mut StatementCache, AuthenticatedKey), ApiError> {
+    let (mut transaction, statements) = conn.transaction()?;
+    match authorize(app, &mut transaction, statements, request, context, scope)? {
+        Ok(key) => Ok((transaction, statements, key)),
+        Err(denied) => {
+            transaction.commit()?;
+            Err(denied)
+        }
+    }
+}
+
+/// Parses a payment id from the path; a malformed one is 404, like an unknown one.
+fn payment_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| not_found(id))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "no payment with id {}",
+        crate::payments::excerpt(id)
+    ))
+}
+
 /// `POST /api/v1/payments`: 201 with the payment and its Location.
 pub fn create(
     app: &App,
@@ -79,14 +110,7 @@ pub fn create(
 ) -> Result<Response, ApiError> {
     let bytes = body::read_json_bytes(request, app.max_body_bytes)?;
     let mut conn = app.pool.get()?;
-    let (mut transaction, statements) = conn.transaction()?;
-    let key = match authorize(app, &mut transaction, statements, request, context, WRITE)? {
-        Ok(key) => key,
-        Err(denied) => {
-            transaction.commit()?;
-            return Err(denied);
-        }
-    };
+    let (mut transaction, statements, key) = begin(app, &mut conn, request, context, WRITE)?;
 
     let new_payment = parse_create(app, &bytes)?;
     let audit = context.event(&key, "payment.created", Outcome::Success);
@@ -124,25 +148,11 @@ pub fn get(
     id: &str,
 ) -> Result<Response, ApiError> {
     let mut conn = app.pool.get()?;
-    let (mut transaction, statements) = conn.transaction()?;
-    let key = match authorize(app, &mut transaction, statements, request, context, READ)? {
-        Ok(key) => key,
-        Err(denied) => {
-            transaction.commit()?;
-            return Err(denied);
-        }
-    };
+    let (mut transaction, statements, key) = begin(app, &mut conn, request, context, READ)?;
 
     super::strict_query(request, &[])?;
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "no payment with id {}",
-            crate::payments::excerpt(id)
-        ))
-    };
-    let Ok(id) = Uuid::parse_str(id) else {
-        return Err(not_found());
-    };
+    let path_id = id;
+    let id = payment_id(path_id)?;
     let payment = store::get(&mut transaction, statements, id).map_err(store_error)?;
     if payment.is_none() {
         audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
@@ -150,11 +160,11 @@ pub fn get(
     transaction.commit()?;
     payment
         .map(|payment| Response::json(&payment))
-        .ok_or_else(not_found)
+        .ok_or_else(|| not_found(path_id))
 }
 
 /// Records a read of another merchant's payment id. The response stays 404, so ids of other
-/// merchants cannot be told from ids that do not exist.
+/// merchants cannot be distinguished from ids that do not exist.
 fn audit_cross_merchant(
     transaction: &mut Transaction<'_>,
     statements: &mut StatementCache,
@@ -192,11 +202,7 @@ pub fn list(app: &App, request: &Request, context: &RequestContext) -> Result<Re
             .map_err(ApiError::InvalidQuery)
         });
     let mut conn = app.pool.get()?;
-    let (mut transaction, statements) = conn.transaction()?;
-    if let Err(denied) = authorize(app, &mut transaction, statements, request, context, READ)? {
-        transaction.commit()?;
-        return Err(denied);
-    }
+    let (mut transaction, statements, _) = begin(app, &mut conn, request, context, READ)?;
 
     let query = query?;
     let page = store::list(&mut transaction, statements, &query).map_err(store_error)?;
@@ -215,29 +221,15 @@ pub fn erase(
     id: &str,
 ) -> Result<Response, ApiError> {
     let mut conn = app.pool.get()?;
-    let (mut transaction, statements) = conn.transaction()?;
-    let key = match authorize(app, &mut transaction, statements, request, context, ERASE)? {
-        Ok(key) => key,
-        Err(denied) => {
-            transaction.commit()?;
-            return Err(denied);
-        }
-    };
+    let (mut transaction, statements, key) = begin(app, &mut conn, request, context, ERASE)?;
 
     super::strict_query(request, &[])?;
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "no payment with id {}",
-            crate::payments::excerpt(id)
-        ))
-    };
-    let Ok(id) = Uuid::parse_str(id) else {
-        return Err(not_found());
-    };
+    let path_id = id;
+    let id = payment_id(path_id)?;
     let Some(erased) = retention::erase_payment(&mut transaction, statements, id)? else {
         audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
         transaction.commit()?;
-        return Err(not_found());
+        return Err(not_found(path_id));
     };
     let event = context
         .event(&key, "payment.erased", Outcome::Success)
