@@ -57,9 +57,15 @@ fi
 # Secrets of this run: the database passwords, the test mnemonic, and every API key the
 # harness created. None may appear in any log, the server's included.
 secrets_file=$TEST_DIR/secret-values
-cat "$TEST_DIR"/secrets/*.password >"$secrets_file"
-echo "test test test test test test test test test test test junk" >>"$secrets_file"
-cat "$TEST_DIR"/api-keys 2>/dev/null >>"$secrets_file" || true
+{
+    for password in "$TEST_DIR"/secrets/*.password; do
+        cat "$password"
+        echo
+    done
+    echo "test test test test test test test test test test test junk"
+    cat "$TEST_DIR"/api-keys 2>/dev/null || true
+} | grep -v '^[[:space:]]*$' >"$secrets_file"
+# An empty pattern would match every line, so the list above drops blank lines.
 leaks=$(grep -rlF -f "$secrets_file" "$TEST_DIR"/logs "$TEST_DIR"/*.log 2>/dev/null || true)
 if [[ -n $leaks ]]; then
     echo "test.sh: error: a secret appears in these logs: $leaks" >&2

@@ -370,7 +370,8 @@ pub fn record_api_key(key: &str) {
         .append(true)
         .open(cluster().dir.join("api-keys"))
         .unwrap();
-    writeln!(record, "{key}").unwrap();
+    // One write per line, so concurrent tests cannot interleave a key and its newline.
+    record.write_all(format!("{key}\n").as_bytes()).unwrap();
 }
 
 /// An HTTP response, with the body parsed as JSON when it is JSON.
