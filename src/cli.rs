@@ -27,6 +27,20 @@ fn show_time(time: Option<DateTime<Utc>>) -> String {
 }
 
 /// `ctrip migrate`: applies pending migrations.
+/// Chains the audit rows the command just wrote, so they are covered at once even when no
+/// `ctrip serve` is running. Best effort: rows left pending are chained by the next server or
+/// command, and `ctrip audit verify` chains before it checks.
+pub fn chain_audit(config: &Config) {
+    let result = serve::migration_client(config)
+        .and_then(|mut client| Ok(audit::chain_pending(&mut client, true)?));
+    if let Err(err) = result {
+        log::warn!(
+            "the command's audit rows are saved but not yet chained; `ctrip serve` or the next \
+             `ctrip audit verify` chains them: {err:#}"
+        );
+    }
+}
+
 pub fn migrate_apply(config: &Config) -> anyhow::Result<()> {
     let mut client = serve::migration_client(config)?;
     let applied = migrate::apply(&mut client, &migrate::embedded())?;

@@ -173,7 +173,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     logging::init(level, config.log.file.as_deref()).map_err(anyhow::Error::msg)?;
 
-    match cli.command {
+    let chains_after = !serving;
+    let result = match cli.command {
         Command::Serve => serve::run(&config),
         Command::Migrate { action: None } => cli::migrate_apply(&config),
         Command::Migrate {
@@ -202,5 +203,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup(action) => cli::backup(&config, action),
         Command::Retention(action) => cli::retention(&config, action),
         Command::Erase(args) => cli::erase(&config, &args),
+    };
+    if chains_after && result.is_ok() {
+        cli::chain_audit(&config);
     }
+    result
 }

@@ -302,7 +302,7 @@ fn prune_audit_events(
 ) -> anyhow::Result<()> {
     // Only a prefix of the log is pruned, ending before the first event at or after the
     // cutoff, so no younger event goes even when ids and times are not in the same order.
-    // Rows of this transaction are still pending (negative ids) until it commits.
+    // Pending rows (negative ids, not yet chained) are left for a later run.
     let row = transaction.query_one(
         "WITH bounds AS (SELECT now() - make_interval(months => $1) AS cutoff)
          SELECT bounds.cutoff,

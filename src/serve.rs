@@ -4,7 +4,7 @@
 //! chain sync run as the migration login before the pool opens as the runtime login, and the
 //! HTTP port opens last, so a server that accepts requests is ready for them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,10 @@ pub struct Running {
     pub server: Server,
     pub app: Arc<App>,
     pub migrations_applied: usize,
-    pub checkpoints: Option<Checkpointer>,
+    /// Chains the pending audit rows every 100 ms.
+    pub audit_chain: Periodic,
+    /// Signs the audit chain head every `audit.checkpoint_interval_s`.
+    pub checkpoints: Option<Periodic>,
     pub tls_watch: TlsWatcher,
     /// The daily retention job, when a retention period is configured.
     pub retention: Option<retention::Scheduler>,
@@ -95,13 +98,15 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     let server = Server::start(app.clone(), &config.server.listen, config.server.workers)
         .map_err(anyhow::Error::msg)?;
 
+    let audit_chain = Periodic::start(AUDIT_CHAIN_INTERVAL, audit_chainer(app.clone()));
     let checkpoints = match (audit_key, &config.audit.checkpoint_file) {
-        (Some(key), Some(file)) => Some(Checkpointer::start(
-            app.clone(),
-            key,
-            file.clone(),
-            Duration::from_secs(config.audit.checkpoint_interval_s),
-        )),
+        (Some(key), Some(file)) => {
+            let (app, file) = (app.clone(), file.clone());
+            Some(Periodic::start(
+                Duration::from_secs(config.audit.checkpoint_interval_s),
+                move || write_checkpoint(&app, &key, &file),
+            ))
+        }
         _ => None,
     };
 
@@ -121,6 +126,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         server,
         app,
         migrations_applied: applied,
+        audit_chain,
         checkpoints,
         tls_watch,
         retention,
@@ -204,32 +210,75 @@ fn audit_relaxed_start(config: &Config, client: &mut postgres::Client) -> anyhow
     Ok(())
 }
 
-/// Writes a signed audit checkpoint every interval, and once more on stop.
-pub struct Checkpointer {
+/// A background task run every interval, and once more on stop.
+pub struct Periodic {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
-impl Checkpointer {
-    fn start(app: Arc<App>, key: SigningKey, file: PathBuf, interval: Duration) -> Checkpointer {
+impl Periodic {
+    fn start(interval: Duration, mut task: impl FnMut() + Send + 'static) -> Periodic {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || loop {
             let timed_out = matches!(
                 stopped.recv_timeout(interval),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout)
             );
-            write_checkpoint(&app, &key, &file);
+            task();
             if !timed_out {
                 break;
             }
         });
-        Checkpointer { stop, thread }
+        Periodic { stop, thread }
     }
 
-    /// Writes a last checkpoint and ends the thread.
+    /// Runs the task a last time and ends the thread.
     pub fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.thread.join();
+    }
+}
+
+/// How often `ctrip serve` chains the pending audit rows. Rows are unchained at most about
+/// this long after they commit, which is the window in which an edit by someone with owner
+/// rights would not break the chain.
+const AUDIT_CHAIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Chains pending audit rows. Failures are logged once per minute while they last, since the
+/// database may be down; the rows wait and are chained once it is back.
+fn audit_chainer(app: Arc<App>) -> impl FnMut() + Send + 'static {
+    let mut failing_since: Option<Instant> = None;
+    let mut last_warning: Option<Instant> = None;
+    move || {
+        let result = app
+            .pool
+            .get()
+            .map_err(anyhow::Error::from)
+            .and_then(|mut conn| {
+                let (client, _) = conn.parts();
+                Ok(audit::chain_pending(client, false)?)
+            });
+        match result {
+            Ok(chained) => {
+                if let Some(since) = failing_since.take() {
+                    log::info!(
+                        "audit chaining resumed after {}s; chained {chained} waiting row(s)",
+                        since.elapsed().as_secs()
+                    );
+                    last_warning = None;
+                }
+            }
+            Err(err) => {
+                failing_since.get_or_insert_with(Instant::now);
+                if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    log::warn!(
+                        "cannot chain pending audit rows; they wait and are chained once this \
+                         works again: {err:#}"
+                    );
+                    last_warning = Some(Instant::now());
+                }
+            }
+        }
     }
 }
 
@@ -322,6 +371,7 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
     running.tls_watch.stop();
+    running.audit_chain.stop();
     if let Some(checkpoints) = running.checkpoints {
         checkpoints.stop();
     }

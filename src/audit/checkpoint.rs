@@ -70,12 +70,14 @@ pub fn load_key(path: &Path) -> Result<SigningKey, CheckpointError> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Signs the current chain head and appends it to `file`. Returns `None` for an empty log.
+/// Chains the pending rows, signs the chain head and appends it to `file`. Returns `None`
+/// for an empty log.
 pub fn write(
     client: &mut impl GenericClient,
     key: &SigningKey,
     file: &Path,
 ) -> Result<Option<Checkpoint>, CheckpointError> {
+    super::chain_pending(client, true)?;
     let row = client.query_one("SELECT last_id, last_hash FROM ctrip.audit_chain_head", &[])?;
     let id: i64 = row.get(0);
     let hash: Vec<u8> = row.get(1);

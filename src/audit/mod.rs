@@ -1,8 +1,9 @@
 //! The tamper-evident audit log: writing events, verifying the hash chain, and checkpoints.
 //!
-//! Events are inserted in the same transaction as the change they record; the database
-//! trigger `ctrip.audit_chain` numbers them without gaps and chains each row's hash to the
-//! previous one. [`verify::verify`] recomputes the chain here, from the raw fields, and
+//! Events are inserted in the same transaction as the change they record, as pending rows.
+//! [`chain_pending`], which `ctrip serve` runs every 100 ms, then numbers the committed ones
+//! without gaps and chains each row's hash to the previous one. [`verify::verify`]
+//! recomputes the chain here, from the raw fields, and
 //! [`checkpoint`] signs the newest id and hash with a key kept outside the database, so a cut
 //! tail, which the chain alone cannot show, is detected too.
 
@@ -159,6 +160,29 @@ fn insert<C: GenericClient, T: postgres::ToStatement + ?Sized>(
         ],
     )?;
     Ok(())
+}
+
+/// Rows one call of `ctrip.audit_chain_pending` chains at most, so one lock hold stays short.
+const CHAIN_BATCH: i32 = 5_000;
+
+/// Numbers and hashes every committed audit row that is still pending, and returns how many
+/// it chained. Rows are inserted pending and chained later, in batches (see
+/// sql/0006_audit_chain_in_background.sql). With `wait`, waits for another session that is
+/// chaining and then chains what is left; without, returns 0 at once while one is.
+pub fn chain_pending(client: &mut impl GenericClient, wait: bool) -> Result<u64, postgres::Error> {
+    let mut total = 0;
+    loop {
+        let chained: i32 = client
+            .query_one(
+                "SELECT ctrip.audit_chain_pending($1, $2)",
+                &[&CHAIN_BATCH, &wait],
+            )?
+            .get(0);
+        total += chained as u64;
+        if chained < CHAIN_BATCH {
+            return Ok(total);
+        }
+    }
 }
 
 /// Returns the operating-system user running the CLI, for `actor_id`.

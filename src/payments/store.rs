@@ -29,8 +29,8 @@ pub enum StoreError {
 const NEXT_EVM_INDEX: &str = "SELECT nextval('ctrip.deposit_index_evm')::integer";
 const NEXT_SOLANA_INDEX: &str = "SELECT nextval('ctrip.deposit_index_solana')::integer";
 
-/// Inserts the address, the payment and its audit row in one statement, so the transaction
-/// takes the audit chain's lock only for its last round trip before COMMIT.
+/// Inserts the address, the payment and its audit row in one statement, one round trip. The
+/// audit row goes in pending; the server's chainer chains it after the commit.
 const INSERT_PAYMENT: &str = "
     WITH address AS (
         INSERT INTO ctrip.deposit_addresses

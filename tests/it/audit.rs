@@ -18,6 +18,7 @@ fn app_with_events(payments: usize) -> TestApp {
         );
         assert_eq!(reply.status, 201, "{}", reply.text);
     }
+    app.db.chain_audit();
     app
 }
 
@@ -326,6 +327,34 @@ fn cut_tail_caught_by_head() {
 }
 
 #[test]
+fn server_chains_committed_rows() {
+    let app = TestApp::start();
+
+    let reply = app.post("/api/v1/payments", r#"{"chain": "ethereum", "amount": 1}"#);
+
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let mut owner = app.db.owner();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (pending, created_id) = loop {
+        let row = owner
+            .query_one(
+                "SELECT count(*) FILTER (WHERE id < 0),
+                        max(id) FILTER (WHERE action = 'payment.created')
+                 FROM ctrip.audit_events",
+                &[],
+            )
+            .unwrap();
+        let (pending, created_id): (i64, Option<i64>) = (row.get(0), row.get(1));
+        if pending == 0 || std::time::Instant::now() > deadline {
+            break (pending, created_id);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(pending, 0, "the server left rows unchained");
+    assert!(created_id.unwrap() > 0, "{created_id:?}");
+}
+
+#[test]
 fn parallel_creates_keep_one_chain() {
     let app = TestApp::start();
     let barrier = Arc::new(Barrier::new(64));
@@ -336,6 +365,18 @@ fn parallel_creates_keep_one_chain() {
     assert!(statuses.iter().all(|&s| s == 201), "{statuses:?}");
     let report = verify_db(&app.db, &[]);
     assert!(report.is_ok(), "{:?}", report.problems);
+    let (rows, first, last): (i64, i64, i64) = {
+        let row = app
+            .db
+            .owner()
+            .query_one(
+                "SELECT count(*), min(id), max(id) FROM ctrip.audit_events",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    };
+    assert_eq!((first, last), (1, rows), "ids run 1 to {rows} without gaps");
     let created: i64 = app
         .db
         .owner()

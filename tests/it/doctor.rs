@@ -62,6 +62,7 @@ fn make_run_database_has_no_critical_failure() {
 #[test]
 fn weak_database_fails_each_check() {
     let app = TestApp::start();
+    app.db.chain_audit();
     let db = &app.db.name;
     let weak = format!("weak_{}", &db[2..14]);
     let password = "weak-password-for-doctor-test";

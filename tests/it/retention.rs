@@ -539,6 +539,7 @@ fn serve_runs_retention_job() {
 /// Moves rows 1 to `through` of the audit log `months` months into the past and rebuilds the
 /// chain from there, as a log that old would be.
 fn age_audit_rows(db: &TestDb, through: i64, months: i32) {
+    db.chain_audit();
     let mut owner = db.owner();
     owner
         .batch_execute("ALTER TABLE ctrip.audit_events DISABLE TRIGGER USER")
@@ -697,6 +698,49 @@ fn audit_prune_keeps_twelve_months() {
     assert!(
         crate::harness::error_text(&too_recent).contains("kept at least 12 months"),
         "{too_recent}"
+    );
+}
+
+#[test]
+fn audit_prune_leaves_pending_rows() {
+    // Migrated by the CLI and with no server, whose chainer would take the row first.
+    let db = TestDb::create();
+    let (table, _, _) = audit_key_config(&db);
+    let config = write_config(&table);
+    let migrated = ctrip(&config, &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    age_audit_rows(&db, 3, 13);
+    // A row committed but not yet chained, as old as the pruned ones.
+    db.owner()
+        .batch_execute(
+            "INSERT INTO ctrip.audit_events
+                 (occurred_at, actor_type, actor_id, action, outcome, details)
+             VALUES (now() - interval '13 months', 'system', 'test', 'test.pending',
+                     'success', '{}')",
+        )
+        .unwrap();
+
+    let run = ctrip(&config, &["retention", "run"]);
+    let verified = ctrip(&config, &["audit", "verify"]);
+
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stdout(&run).contains("pruned 3 audit events (rows 1 to 3)"),
+        "{}",
+        stdout(&run)
+    );
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    let id: i64 = db
+        .owner()
+        .query_one(
+            "SELECT id FROM ctrip.audit_events WHERE action = 'test.pending'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(
+        id > 3,
+        "the pending row was kept and chained after the prune: {id}"
     );
 }
 

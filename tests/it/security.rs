@@ -2,7 +2,8 @@
 
 use postgres::error::SqlState;
 
-use crate::harness::{create_key_for, create_merchant, TestApp, TestDb};
+use crate::cli::{ctrip, stderr, write_config};
+use crate::harness::{base_config, create_key_for, create_merchant, TestApp, TestDb};
 
 /// Runs `sql` as the runtime role and returns the SQLSTATE it failed with.
 fn refused(db: &TestDb, sql: &str) -> SqlState {
@@ -36,6 +37,8 @@ fn runtime_role_cannot_change_schema() {
         "DELETE FROM ctrip.payments",
         "DELETE FROM ctrip.audit_events",
         "UPDATE ctrip.audit_events SET action = 'nothing'",
+        "SELECT set_config('ctrip.audit_chaining', 'on', false);
+         UPDATE ctrip.audit_events SET action = 'nothing' WHERE id < 0",
         "UPDATE ctrip.audit_chain_head SET last_id = 0",
         "INSERT INTO ctrip.api_keys (id, merchant_id, name, prefix, key_hash) VALUES (gen_random_uuid(), gen_random_uuid(), 'x', 'ctrip_x', '\\x00')",
         "UPDATE ctrip.api_keys SET revoked_at = NULL",
@@ -322,4 +325,49 @@ fn audit_log_append_only_for_owner() {
 pub fn sha2_of(key: &str) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(key.as_bytes()).to_vec()
+}
+
+#[test]
+fn runtime_role_chains_but_cannot_pick_hashes() {
+    // Migrated by the CLI and with no server, whose chainer would take the row first.
+    let db = TestDb::create();
+    let migrated = ctrip(&write_config(&base_config(&db)), &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let mut owner = db.owner();
+    owner
+        .batch_execute(
+            "INSERT INTO ctrip.audit_events (actor_type, actor_id, action, outcome, details)
+             VALUES ('system', 'test', 'test.pending', 'success', '{}');",
+        )
+        .unwrap();
+    let pending: i64 = owner
+        .query_one(
+            "SELECT id FROM ctrip.audit_events WHERE action = 'test.pending'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut runtime = db.runtime();
+
+    let chained: i32 = runtime
+        .query_one("SELECT ctrip.audit_chain_pending(10, true)", &[])
+        .unwrap()
+        .get(0);
+
+    assert!(pending < 0, "{pending}");
+    assert_eq!(chained, 1);
+    let (id, head): (i64, i64) = {
+        let row = owner
+            .query_one(
+                "SELECT e.id, h.last_id FROM ctrip.audit_events e, ctrip.audit_chain_head h
+                 WHERE e.action = 'test.pending'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(id, head, "the row became the newest link of the chain");
+    assert!(ctrip::audit::verify::verify(&mut owner, &[])
+        .unwrap()
+        .is_ok());
 }
