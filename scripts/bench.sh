@@ -5,7 +5,7 @@
 # TLS cluster on a free port under a temporary directory, and runs `ctrip serve` with
 # config.toml as shipped (environment "testing"). Then, at each client count: pgbench with
 # bench/create_payment.sql as the runtime login, and the HTTP scenarios create-evm,
-# create-solana, get and list. Also times address derivation and start-up, reads the
+# create-solana, get and list; then create-evm with and without audit rows. Also times address derivation and start-up, reads the
 # server's peak memory, prints the results with PASS/FAIL per target, and writes
 # BENCHMARKS.md. The server and the cluster are stopped and the directory removed even when
 # a step fails; the logs are copied to target/bench-logs first.
@@ -160,11 +160,12 @@ run_pgbench() {
     fi
 }
 
-# Runs HTTP scenario $1 with $2 clients. Its record carries any errors to the report.
+# Runs HTTP scenario $1 with $2 clients, recorded under label $3 when given. Its record
+# carries any errors to the report.
 run_load() {
-    local scenario=$1 clients=$2
+    local scenario=$1 clients=$2 label=${3:-$1}
     "$BENCH" load --target "$CTRIP_LISTEN" --scenario "$scenario" --clients "$clients" \
-        --warmup "$WARMUP_S" --duration "$DURATION_S" \
+        --label "$label" --warmup "$WARMUP_S" --duration "$DURATION_S" \
         --ids-file "$BENCH_DIR/ids-$clients" --results "$RESULTS" \
         || say "$scenario at $clients clients had errors; see target/bench-logs/serve.log"
 }
@@ -183,6 +184,23 @@ for clients in "${CLIENT_COUNTS[@]}"; do
     scripts/pg-cluster.sh psql "$PGDATA" -d "$DBNAME" -c 'VACUUM ANALYZE' >/dev/null
     run_load get "$clients"
     run_load list "$clients"
+done
+
+# Audit cost: create-evm with the audit row and with audit rows discarded, alternated so that
+# drift in the machine's load falls on both. The discarding trigger sorts before ctrip's own
+# BEFORE INSERT trigger (audit_chain), so it returns NULL before any audit work is done.
+bench_sql() {
+    scripts/pg-cluster.sh psql "$PGDATA" -d "$DBNAME" -v ON_ERROR_STOP=1 -c "$1" >/dev/null
+}
+for _ in 1 2; do
+    run_load create-evm "$AUDITED_CLIENTS" create-evm-with-audit
+    bench_sql "CREATE FUNCTION ctrip.bench_discard_audit() RETURNS trigger LANGUAGE plpgsql
+                   AS 'BEGIN RETURN NULL; END';
+               CREATE TRIGGER a_bench_discard_audit BEFORE INSERT ON ctrip.audit_events
+                   FOR EACH ROW EXECUTE FUNCTION ctrip.bench_discard_audit()"
+    run_load create-evm "$AUDITED_CLIENTS" create-evm-without-audit
+    bench_sql "DROP TRIGGER a_bench_discard_audit ON ctrip.audit_events;
+               DROP FUNCTION ctrip.bench_discard_audit()"
 done
 
 peak_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$SERVE_PID/status")

@@ -95,6 +95,10 @@ pub struct LoadArgs {
     /// Open every client's connection at the same moment instead of one after another.
     #[arg(long)]
     connect_at_once: bool,
+    /// Name to record instead of the scenario's, to tell apart runs of one scenario under
+    /// different server settings.
+    #[arg(long)]
+    label: Option<String>,
     #[command(flatten)]
     record: RecordArgs,
 }
@@ -214,8 +218,9 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<ExitCode> {
             write_ids(path, &reports)?;
         }
     }
+    let name = args.label.as_deref().unwrap_or(args.scenario.name());
     let record = Record::new("http")
-        .with("scenario", args.scenario.name())
+        .with("scenario", name)
         .with("clients", args.clients)
         .with("requests", summary.requests)
         .with("seconds", format!("{:.3}", summary.seconds))
@@ -228,7 +233,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "ctrip-bench: {} clients={} requests={} rps={:.1} p50={:.2}ms p99={:.2}ms max={:.2}ms \
          errors={} (warm-up: {})",
-        args.scenario.name(),
+        name,
         args.clients,
         summary.requests,
         summary.rps(),

@@ -20,6 +20,10 @@ const MAX_CREATE_P99_MS: f64 = 25.0;
 const MAX_PEAK_RSS_MIB: f64 = 64.0;
 const MAX_DERIVE_US: f64 = 100.0;
 const MAX_STARTUP_MS: f64 = 1000.0;
+const MIN_AUDITED_TO_UNAUDITED: f64 = 0.85;
+/// Labels of the create-evm runs with the audit row and with audit rows discarded.
+const WITH_AUDIT: &str = "create-evm-with-audit";
+const WITHOUT_AUDIT: &str = "create-evm-without-audit";
 
 /// Separates the generated part of BENCHMARKS.md from hand-written notes, which are kept.
 const NOTES_MARKER: &str =
@@ -122,6 +126,16 @@ impl Run {
         )
     }
 
+    /// Returns the mean requests/s of the HTTP runs recorded under `label`, and how many.
+    fn mean_rps(&self, label: &str) -> Option<(f64, usize)> {
+        let rates: Vec<f64> = self
+            .of_kind("http")
+            .filter(|record| record.get("scenario") == Some(label))
+            .filter_map(|record| record.number("rps").ok())
+            .collect();
+        (!rates.is_empty()).then(|| (rates.iter().sum::<f64>() / rates.len() as f64, rates.len()))
+    }
+
     fn client_counts(&self) -> Vec<u32> {
         let counts: BTreeSet<u32> = self
             .of_kind("http")
@@ -211,6 +225,23 @@ impl Run {
             );
         }
 
+        text.push_str("\n| Audit cost run | Clients | Requests/s | p50 ms | p99 ms | Errors |\n");
+        text.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
+        for record in self.of_kind("http").filter(|record| {
+            matches!(record.get("scenario"), Some(WITH_AUDIT) | Some(WITHOUT_AUDIT))
+        }) {
+            let _ = writeln!(
+                text,
+                "| {} | {} | {} | {} | {} | {} |",
+                record.get("scenario").unwrap_or("?"),
+                record.get("clients").unwrap_or("?"),
+                record.get("rps").unwrap_or("?"),
+                record.get("p50_ms").unwrap_or("?"),
+                record.get("p99_ms").unwrap_or("?"),
+                record.get("errors").unwrap_or("?"),
+            );
+        }
+
         text.push('\n');
         match self.of_kind("rss").next() {
             Some(rss) => {
@@ -281,6 +312,25 @@ impl Run {
                     show(number(pgbench, "tps"), 1)
                 ),
                 None => "missing".to_owned(),
+            },
+        });
+
+        let with = self.mean_rps(WITH_AUDIT);
+        let without = self.mean_rps(WITHOUT_AUDIT);
+        let audit_ratio = with
+            .zip(without)
+            .and_then(|((with, _), (without, _))| (without > 0.0).then_some(with / without));
+        targets.push(Target {
+            name: format!(
+                "create-evm at {clients} clients with audit >= {MIN_AUDITED_TO_UNAUDITED}x \
+                 without audit"
+            ),
+            passed: audit_ratio.map(|r| r >= MIN_AUDITED_TO_UNAUDITED),
+            measured: match (audit_ratio, with, without) {
+                (Some(r), Some((with, runs)), Some((without, _))) => format!(
+                    "{r:.2}x ({with:.1} req/s / {without:.1} req/s, mean of {runs} runs each)"
+                ),
+                _ => "missing".to_owned(),
             },
         });
 
@@ -460,6 +510,10 @@ const METHOD: &str = "## Method
   `ctrip.begin_request` (row-level security requires it), `nextval`, insert the deposit
   address, insert the payment, commit. The row \"with audit row\" runs
   bench/create_payment_audited.sql, which also inserts the audit event as ctrip does.
+- Audit cost: after the other scenarios, create-evm runs at 32 clients twice with the audit
+  row and twice without, alternating. Without means a BEFORE INSERT trigger, added as the
+  superuser for those runs only, discards every audit row before ctrip's own triggers; the
+  server and its requests are otherwise the same. The target compares the means.
 - Memory is VmHWM from /proc/PID/status of `ctrip serve` after all HTTP scenarios.
   Derivation uses the public test mnemonic. Start-up is timed from spawning `ctrip serve` to
   its first 200 from /ready, with migrations already applied.
