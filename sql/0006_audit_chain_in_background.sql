@@ -4,8 +4,8 @@
 -- every audited request queued behind the previous one's commit, and creates ran about a
 -- fifth slower than without audit. Now a transaction only inserts its row, still pending
 -- (negative id, no hashes), and ctrip.audit_chain_pending() numbers and hashes the committed
--- pending rows in commit order, many per lock. `ctrip serve` calls it every 100 ms, and the
--- CLI calls it after its own writes and before it signs or verifies the chain.
+-- pending rows in the order they were inserted, many per lock. `ctrip serve` calls it every
+-- 100 ms, and the CLI calls it after its own writes and before it signs or verifies the chain.
 --
 -- The chain keeps its form: ids without gaps, hash = SHA-256(prev_hash || encoding of the
 -- row's fields), one head row that decides the order, so the chain cannot fork.
@@ -13,8 +13,41 @@
 DROP TRIGGER audit_chain_at_commit ON ctrip.audit_events;
 DROP FUNCTION ctrip.audit_chain_at_commit();
 
+-- The same encoding as before, in a form the planner inlines: no SET clause, every name
+-- schema-qualified, and audit_field STABLE like convert_to. The old form planned a SQL
+-- function call per field, about 170 microseconds a row; inlined it is about 8.
+CREATE OR REPLACE FUNCTION ctrip.audit_field(value text)
+RETURNS bytea
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE WHEN value IS NULL THEN '\xffffffff'::pg_catalog.bytea
+                ELSE pg_catalog.int4send(pg_catalog.octet_length(pg_catalog.convert_to(value, 'UTF8')))
+                     OPERATOR(pg_catalog.||) pg_catalog.convert_to(value, 'UTF8')
+           END
+$$;
+
+CREATE OR REPLACE FUNCTION ctrip.audit_encoding(e ctrip.audit_events)
+RETURNS bytea
+LANGUAGE sql STABLE
+AS $$
+    SELECT ctrip.audit_field(e.id::text)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(
+            ((extract(epoch FROM e.occurred_at) OPERATOR(pg_catalog.*) 1000000)::bigint)::text)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.actor_type)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.actor_id)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.merchant_id::text)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.action)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.object_type)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.object_id)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.outcome)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.source_address)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.request_id)
+        OPERATOR(pg_catalog.||) ctrip.audit_field(e.details::text)
+$$;
+
 -- Chains up to max_rows committed pending rows, oldest pending id first, and returns how many.
--- With wait false it returns 0 at once when another session is chaining.
+-- With wait false it returns 0 at once when another session is chaining. The hashes are
+-- computed row by row, then written with one UPDATE.
 CREATE FUNCTION ctrip.audit_chain_pending(max_rows integer, wait boolean)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
@@ -23,8 +56,10 @@ AS $$
 DECLARE
     head record;
     pending ctrip.audit_events;
-    pending_id bigint;
-    chained integer := 0;
+    pending_ids bigint[] := '{}';
+    new_ids bigint[] := '{}';
+    prev_hashes bytea[] := '{}';
+    hashes bytea[] := '{}';
 BEGIN
     IF wait THEN
         SELECT last_id, last_hash INTO head FROM ctrip.audit_chain_head WHERE singleton FOR UPDATE;
@@ -35,27 +70,30 @@ BEGIN
             RETURN 0;
         END IF;
     END IF;
-    PERFORM set_config('ctrip.audit_chaining', 'on', true);
     FOR pending IN
         SELECT * FROM ctrip.audit_events WHERE id < 0 ORDER BY id DESC LIMIT max_rows
     LOOP
-        pending_id := pending.id;
+        pending_ids := pending_ids || pending.id;
         pending.id := head.last_id + 1;
-        pending.prev_hash := head.last_hash;
         pending.hash := sha256(head.last_hash || ctrip.audit_encoding(pending));
-        UPDATE ctrip.audit_events
-        SET id = pending.id, prev_hash = pending.prev_hash, hash = pending.hash
-        WHERE id = pending_id;
+        new_ids := new_ids || pending.id;
+        prev_hashes := prev_hashes || head.last_hash;
+        hashes := hashes || pending.hash;
         head.last_id := pending.id;
         head.last_hash := pending.hash;
-        chained := chained + 1;
     END LOOP;
-    PERFORM set_config('ctrip.audit_chaining', 'off', true);
-    IF chained > 0 THEN
-        UPDATE ctrip.audit_chain_head SET last_id = head.last_id, last_hash = head.last_hash
-        WHERE singleton;
+    IF cardinality(pending_ids) = 0 THEN
+        RETURN 0;
     END IF;
-    RETURN chained;
+    PERFORM set_config('ctrip.audit_chaining', 'on', true);
+    UPDATE ctrip.audit_events e
+    SET id = c.new_id, prev_hash = c.prev_hash, hash = c.hash
+    FROM unnest(pending_ids, new_ids, prev_hashes, hashes) AS c(pending_id, new_id, prev_hash, hash)
+    WHERE e.id = c.pending_id;
+    PERFORM set_config('ctrip.audit_chaining', 'off', true);
+    UPDATE ctrip.audit_chain_head SET last_id = head.last_id, last_hash = head.last_hash
+    WHERE singleton;
+    RETURN cardinality(pending_ids);
 END
 $$;
 REVOKE ALL ON FUNCTION ctrip.audit_chain_pending(integer, boolean) FROM PUBLIC;

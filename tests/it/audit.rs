@@ -327,6 +327,30 @@ fn cut_tail_caught_by_head() {
 }
 
 #[test]
+fn database_and_verifier_encode_alike() {
+    let db = TestDb::create();
+    let migrated = ctrip(&write_config(&base_config(&db)), &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    // NULLs, empty strings, multi-byte text and JSON that must round-trip through text.
+    db.owner()
+        .batch_execute(
+            "INSERT INTO ctrip.audit_events
+                 (actor_type, actor_id, action, object_type, object_id, outcome,
+                  source_address, request_id, details)
+             VALUES ('cli', 'zoë', 'test.encoding', NULL, '', 'success', NULL, '€-1',
+                     '{\"note\": \"naïve ☃\", \"n\": 1.50}'),
+                    ('system', '', 'test.encoding', 'x', NULL, 'failed', '::1', NULL, '{}')",
+        )
+        .unwrap();
+
+    let chained = db.chain_audit();
+
+    assert_eq!(chained, 2);
+    let report = verify_db(&db, &[]);
+    assert!(report.is_ok(), "{:?}", report.problems);
+}
+
+#[test]
 fn server_chains_committed_rows() {
     let app = TestApp::start();
 
