@@ -314,13 +314,16 @@ pub fn audit_tail(config: &Config, since: Option<&str>, limit: i64) -> anyhow::R
         bail!("--limit {limit} is out of range: use 1 to 10000");
     }
     let mut client = serve::migration_client(config)?;
+    audit::chain_pending(&mut client, true)?;
     let mut transaction = client.transaction()?;
+    // Rows committed since the chaining above are still pending: their negative ids count
+    // down from -1 in insertion order, so they sort after every chained row.
     let rows = transaction.query(
         "SELECT id, occurred_at, actor_type, actor_id, merchant_id::text, action, object_type,
                 object_id, outcome, source_address, request_id, details::text
          FROM (SELECT * FROM ctrip.audit_events WHERE occurred_at >= $1
-               ORDER BY id DESC LIMIT $2) newest
-         ORDER BY id",
+               ORDER BY id < 0 DESC, abs(id) DESC LIMIT $2) newest
+         ORDER BY id < 0, abs(id)",
         &[&since, &limit],
     )?;
     let event = Event::new(ActorType::Cli, "audit.read", Outcome::Success)

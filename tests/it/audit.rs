@@ -351,6 +351,35 @@ fn database_and_verifier_encode_alike() {
 }
 
 #[test]
+fn tail_chains_pending_rows_first() {
+    let db = TestDb::create();
+    let config = write_config(&base_config(&db));
+    let migrated = ctrip(&config, &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    db.owner()
+        .batch_execute(
+            "INSERT INTO ctrip.audit_events (actor_type, actor_id, action, outcome, details)
+             VALUES ('system', 'test', 'test.first', 'success', '{}');
+             INSERT INTO ctrip.audit_events (actor_type, actor_id, action, outcome, details)
+             VALUES ('system', 'test', 'test.second', 'success', '{}');",
+        )
+        .unwrap();
+
+    let tail = ctrip(&config, &["audit", "tail", "--limit", "2"]);
+
+    assert!(tail.status.success(), "{}", stderr(&tail));
+    let lines: Vec<String> = stdout(&tail).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("test.first"), "{lines:?}");
+    assert!(lines[1].contains("test.second"), "{lines:?}");
+    let first_id: i64 = lines[0].split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        first_id > 0,
+        "the row was chained before it was shown: {first_id}"
+    );
+}
+
+#[test]
 fn server_chains_committed_rows() {
     let app = TestApp::start();
 
