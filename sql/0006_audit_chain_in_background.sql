@@ -15,7 +15,7 @@ DROP FUNCTION ctrip.audit_chain_at_commit();
 
 -- The same encoding as before, in a form the planner inlines: no SET clause, every name
 -- schema-qualified, and audit_field STABLE like convert_to. The old form planned a SQL
--- function call per field, about 170 microseconds a row; inlined it is about 8.
+-- function call per field, measured at about 170 microseconds a row, and the inlined form at 8.
 CREATE OR REPLACE FUNCTION ctrip.audit_field(value text)
 RETURNS bytea
 LANGUAGE sql STABLE

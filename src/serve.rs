@@ -239,13 +239,12 @@ impl Periodic {
     }
 }
 
-/// How often `ctrip serve` chains the pending audit rows. Rows are unchained at most about
-/// this long after they commit, which is the window in which an edit by someone with owner
-/// rights would not break the chain.
+/// How often `ctrip serve` chains the pending audit rows. Until a committed row is chained,
+/// which normally takes about this long, someone with owner rights could edit it unseen.
 const AUDIT_CHAIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Chains pending audit rows. Failures are logged once per minute while they last, since the
-/// database may be down; the rows wait and are chained once it is back.
+/// Chains pending audit rows. Failures are logged once per minute while they last, because
+/// the database may be down. The rows wait and are chained once it is back.
 fn audit_chainer(app: Arc<App>) -> impl FnMut() + Send + 'static {
     let mut failing_since: Option<Instant> = None;
     let mut last_warning: Option<Instant> = None;
