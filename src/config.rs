@@ -118,7 +118,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:8080".to_owned(),
-            workers: 16,
+            workers: 8,
             max_body_bytes: 64 * 1024,
             shutdown_timeout_s: 20,
             migrate_on_start: true,
@@ -229,7 +229,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            max_size: 16,
+            max_size: 8,
             min_idle: 2,
             connection_timeout_ms: 2000,
             max_lifetime_s: 1800,

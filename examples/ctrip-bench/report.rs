@@ -228,7 +228,10 @@ impl Run {
         text.push_str("\n| Audit cost run | Clients | Requests/s | p50 ms | p99 ms | Errors |\n");
         text.push_str("| --- | ---: | ---: | ---: | ---: | ---: |\n");
         for record in self.of_kind("http").filter(|record| {
-            matches!(record.get("scenario"), Some(WITH_AUDIT) | Some(WITHOUT_AUDIT))
+            matches!(
+                record.get("scenario"),
+                Some(WITH_AUDIT) | Some(WITHOUT_AUDIT)
+            )
         }) {
             let _ = writeln!(
                 text,
@@ -490,8 +493,8 @@ const METHOD: &str = "## Method
 - PostgreSQL is a throw-away cluster from `scripts/pg-cluster.sh init --fast` on loopback:
   TLS on, scram-sha-256, and fsync, synchronous_commit and full_page_writes off, so the
   numbers show CPU and round trips rather than this machine's disk.
-- `ctrip serve` runs the release build with `config.toml` as shipped (16 workers, a pool of
-  16, log level info to a file), changed only to `environment = \"testing\"` and the bench
+- `ctrip serve` runs the release build with `config.toml` as shipped (8 workers, a pool of
+  8, log level info to a file), changed only to `environment = \"testing\"` and the bench
   cluster's port. It connects as `ctrip_runtime` with sslmode verify-full and the client
   certificate, as in production.
 - The load comes from `ctrip-bench load` (examples/ctrip-bench) on the same two cores: one
