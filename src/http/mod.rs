@@ -316,6 +316,50 @@ fn ready(app: &App) -> Response {
     }
 }
 
+/// Sets TCP_NODELAY on the listening socket bound to `addr`, which Linux copies to every
+/// connection it accepts.
+///
+/// tiny_http writes a response longer than its 1,024-byte buffer in two writes. With Nagle's
+/// algorithm on, the second waits until the client ACKs the first, and clients delay that ACK
+/// by up to 40 ms. rouille binds the socket itself and does not expose it.
+fn disable_nagle(addr: SocketAddr) -> std::io::Result<()> {
+    with_listener(addr, |socket| socket.set_tcp_nodelay(true))
+}
+
+/// Returns whether the listening socket bound to `addr` has TCP_NODELAY set.
+pub fn listener_nodelay(addr: SocketAddr) -> std::io::Result<bool> {
+    with_listener(addr, |socket| socket.tcp_nodelay())
+}
+
+/// Runs `action` on this process's listening socket bound to `addr`, found among the
+/// descriptors in /proc/self/fd by its address.
+fn with_listener<T>(
+    addr: SocketAddr,
+    action: impl FnOnce(&socket2::SockRef<'_>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+        else {
+            continue;
+        };
+        // SAFETY: the descriptor is only borrowed for getsockname, getsockopt and setsockopt,
+        // which fail without effect on a descriptor that is closed or not a socket.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&borrowed);
+        let bound = socket.local_addr().ok().and_then(|local| local.as_socket());
+        if bound == Some(addr) && socket.is_listener().unwrap_or(false) {
+            return action(&socket);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        format!("no listening socket bound to {addr} in /proc/self/fd"),
+    ))
+}
+
 /// A running HTTP server; [`Server::stop`] drains it.
 pub struct Server {
     pub addr: SocketAddr,
@@ -331,6 +375,12 @@ impl Server {
             .map_err(|err| format!("cannot listen on {listen}: {err}"))?
             .pool_size(workers);
         let addr = server.server_addr();
+        if let Err(err) = disable_nagle(addr) {
+            log::warn!(
+                "cannot set TCP_NODELAY on {addr}, so responses over 1 KiB may wait about 40 ms \
+                 for the client's delayed ACK: {err}"
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
         let thread = std::thread::Builder::new()

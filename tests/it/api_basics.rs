@@ -27,6 +27,18 @@ fn health_and_ready_are_ok() {
 }
 
 #[test]
+fn listener_sends_without_nagle_delay() {
+    let app = TestApp::start();
+
+    let nodelay = ctrip::http::listener_nodelay(app.running().server.addr).unwrap();
+
+    assert!(
+        nodelay,
+        "TCP_NODELAY is off, so long responses wait for delayed ACKs"
+    );
+}
+
+#[test]
 fn ready_is_503_when_migrations_missing() {
     let app = TestApp::start();
     app.db
