@@ -173,7 +173,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     logging::init(level, config.log.file.as_deref()).map_err(anyhow::Error::msg)?;
 
-    let chains_after = !serving;
+    // Commands that write audit rows chain them before exiting.
+    let chains_after = matches!(
+        cli.command,
+        Command::Migrate { action: None }
+            | Command::Merchant(MerchantAction::Create { .. })
+            | Command::ApiKey(ApiKeyAction::Create { .. } | ApiKeyAction::Revoke { .. })
+            | Command::Audit(AuditAction::Tail { .. })
+            | Command::Backup(_)
+            | Command::Retention(_)
+            | Command::Erase(_)
+    );
     let result = match cli.command {
         Command::Serve => serve::run(&config),
         Command::Migrate { action: None } => cli::migrate_apply(&config),
