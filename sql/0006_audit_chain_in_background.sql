@@ -3,15 +3,48 @@
 -- Chaining at COMMIT (0005) still took the chain head's row lock once per transaction, so
 -- every audited request queued behind the previous one's commit, and creates ran about a
 -- fifth slower than without audit. Now a transaction only inserts its row, still pending
--- (negative id, no hashes), and ctrip.audit_chain_pending() numbers and hashes the committed
--- pending rows in the order they were inserted, many per lock. `ctrip serve` calls it every
--- 100 ms, and the CLI calls it after its own writes and before it signs or verifies the chain.
+-- (negative id, no hashes), and ctrip.audit_chain_pending() numbers and hashes the rows
+-- committed by then, many per lock and oldest insert first, so a row that commits late gets a
+-- later id. `ctrip serve` calls it every 100 ms, and the CLI calls it after its own writes and
+-- before it reads, signs or verifies the chain.
 --
 -- The chain keeps its form: ids without gaps, hash = SHA-256(prev_hash || encoding of the
 -- row's fields), one head row that decides the order, so the chain cannot fork.
 
 DROP TRIGGER audit_chain_at_commit ON ctrip.audit_events;
 DROP FUNCTION ctrip.audit_chain_at_commit();
+
+-- A pending row that cannot be encoded would stop the chainer at that row for good. The
+-- encoding turns occurred_at into microseconds since 1970 as a bigint, which fails for
+-- infinity and for years past about 294,000, so such rows are rejected at INSERT.
+ALTER TABLE ctrip.audit_events ADD CONSTRAINT audit_events_occurred_at_encodable
+    CHECK (isfinite(occurred_at) AND occurred_at < '100000-01-01 00:00:00+00');
+
+-- Committed rows now stay pending until the chainer runs, so the exception for chaining
+-- allows only the chain columns of a pending row to change, and only to a chained id. Any
+-- session may set ctrip.audit_chaining, so the setting alone must not open the row.
+CREATE OR REPLACE FUNCTION ctrip.audit_reject_change()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD.id < 0 AND NEW.id > 0
+        AND current_setting('ctrip.audit_chaining', true) = 'on'
+        AND to_jsonb(NEW) - ARRAY['id', 'prev_hash', 'hash']
+            = to_jsonb(OLD) - ARRAY['id', 'prev_hash', 'hash'] THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'DELETE' AND EXISTS (
+        SELECT FROM ctrip.audit_prunes p
+        WHERE p.transaction_id = txid_current() AND OLD.id BETWEEN p.first_id AND p.last_id
+    ) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'audit_events is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
 
 -- The same encoding as before, in a form the planner inlines: no SET clause, every name
 -- schema-qualified, and audit_field STABLE like convert_to. The old form planned a SQL
@@ -46,12 +79,13 @@ AS $$
 $$;
 
 -- Chains up to max_rows committed pending rows, oldest pending id first, and returns how many.
--- With wait false it returns 0 at once when another session is chaining. The hashes are
--- computed row by row, then written with one UPDATE.
+-- With wait false it returns 0 at once when another session is chaining, and with wait true
+-- it waits at most lock_timeout. The hashes are computed row by row, then written at once.
 CREATE FUNCTION ctrip.audit_chain_pending(max_rows integer, wait boolean)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '10s'
 AS $$
 DECLARE
     head record;

@@ -26,21 +26,14 @@ fn show_time(time: Option<DateTime<Utc>>) -> String {
     })
 }
 
-/// `ctrip migrate`: applies pending migrations.
 /// Chains the audit rows the command just wrote, so they are covered at once even when no
-/// `ctrip serve` is running. Best effort: rows left pending are chained by the next server or
-/// command, and `ctrip audit verify` chains before it checks.
-pub fn chain_audit(config: &Config) {
-    let result = serve::migration_client(config)
-        .and_then(|mut client| Ok(audit::chain_pending(&mut client, true)?));
-    if let Err(err) = result {
-        log::warn!(
-            "the command's audit rows are saved but not yet chained; `ctrip serve` or the next \
-             `ctrip audit verify` chains them: {err:#}"
-        );
-    }
+/// `ctrip serve` is running. Rows left pending are chained by the next server or command.
+pub fn chain_audit(config: &Config) -> anyhow::Result<u64> {
+    let mut client = serve::migration_client(config)?;
+    Ok(audit::chain_pending(&mut client, true)?)
 }
 
+/// `ctrip migrate`: applies pending migrations.
 pub fn migrate_apply(config: &Config) -> anyhow::Result<()> {
     let mut client = serve::migration_client(config)?;
     let applied = migrate::apply(&mut client, &migrate::embedded())?;
@@ -258,6 +251,12 @@ pub fn audit_verify(
             hex::encode(&report.last_hash),
             report.checkpoints_checked
         );
+        if report.pending > 0 {
+            println!(
+                "{} rows committed while this ran are still pending and were not checked",
+                report.pending
+            );
+        }
         if report.pruned_through > 0 {
             println!(
                 "rows 1 to {} were pruned; the chain starts from the hash the prune kept ({} \
@@ -634,6 +633,7 @@ fn backup_restore(
             if let Err(audit_err) = audit::record(&mut client, &event) {
                 log::warn!("cannot record the failed restore in {into}: {audit_err}");
             }
+            chain_restored(&mut client, into);
             return Err(err);
         }
     };
@@ -658,6 +658,7 @@ fn backup_restore(
     )
     .object("backup", body.backup_id.to_string());
     audit::record(&mut client, &event)?;
+    chain_restored(&mut client, into);
 
     println!(
         "restored backup {} (created {}) into {into} in {:.1} s",
@@ -681,6 +682,17 @@ fn backup_restore(
          listed above",
         restored.differences.len()
     )
+}
+
+/// Chains the restore's audit row in the restored database, which the command's final
+/// chaining (of the configured database) does not reach.
+fn chain_restored(client: &mut postgres::Client, into: &str) {
+    if let Err(err) = audit::chain_pending(client, true) {
+        log::warn!(
+            "the restore's audit row in {into} is saved but not yet chained; a `ctrip serve` or \
+             `ctrip audit verify` on {into} chains it: {err}"
+        );
+    }
 }
 
 fn backup_prune(config: &Config, dir: Option<&Path>, dry_run: bool) -> anyhow::Result<()> {

@@ -214,8 +214,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Retention(action) => cli::retention(&config, action),
         Command::Erase(args) => cli::erase(&config, &args),
     };
-    if chains_after && result.is_ok() {
-        cli::chain_audit(&config);
+    if chains_after {
+        // A failed command may still have written a row saying so. Its own error is the one
+        // to report, so a chaining failure after it is not shown.
+        if let Err(err) = cli::chain_audit(&config) {
+            if result.is_ok() {
+                log::warn!(
+                    "the command's audit rows are saved but not yet chained; `ctrip serve` or \
+                     the next `ctrip audit verify` chains them: {err:#}"
+                );
+            }
+        }
     }
     result
 }

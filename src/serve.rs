@@ -370,12 +370,14 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
     running.tls_watch.stop();
+    if let Some(retention) = running.retention {
+        retention.stop();
+    }
+    // Last, so it chains the rows of everything stopped before it. The final checkpoint
+    // chains again before it signs.
     running.audit_chain.stop();
     if let Some(checkpoints) = running.checkpoints {
         checkpoints.stop();
-    }
-    if let Some(retention) = running.retention {
-        retention.stop();
     }
     drop(running.app);
     log::info!("ctrip stopped");

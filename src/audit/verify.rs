@@ -38,6 +38,8 @@ pub struct Report {
     pub checkpoints_pruned: usize,
     /// Prune ranges whose signature was checked with the audit key.
     pub prunes_signature_checked: usize,
+    /// Rows committed after this check chained the log, so still pending and not checked.
+    pub pending: i64,
     pub problems: Vec<Problem>,
 }
 
@@ -94,6 +96,7 @@ pub fn verify_with_key(
         pruned_through: 0,
         checkpoints_pruned: 0,
         prunes_signature_checked: 0,
+        pending: 0,
         problems: Vec::new(),
     };
     check_prunes(&mut transaction, &mut report, key)?;
@@ -124,6 +127,9 @@ pub fn verify_with_key(
     }
     drop(rows);
 
+    report.pending = transaction
+        .query_one("SELECT count(*) FROM ctrip.audit_events WHERE id < 0", &[])?
+        .get(0);
     let head =
         transaction.query_one("SELECT last_id, last_hash FROM ctrip.audit_chain_head", &[])?;
     let head_id: i64 = head.get(0);

@@ -333,11 +333,12 @@ impl Drop for TestApp {
         if let Some(running) = self.running.take() {
             running.server.stop(Duration::from_secs(10));
             running.tls_watch.stop();
-            if let Some(checkpoints) = running.checkpoints {
-                checkpoints.stop();
-            }
             if let Some(retention) = running.retention {
                 retention.stop();
+            }
+            running.audit_chain.stop();
+            if let Some(checkpoints) = running.checkpoints {
+                checkpoints.stop();
             }
         }
     }

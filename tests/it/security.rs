@@ -322,13 +322,101 @@ fn audit_log_append_only_for_owner() {
     }
 }
 
+/// Returns a migrated database with no server, whose chainer would take pending rows first,
+/// and one committed pending row with action `test.pending`.
+fn database_with_pending_row() -> TestDb {
+    let db = TestDb::create();
+    let migrated = ctrip(&write_config(&base_config(&db)), &["migrate"]);
+    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    db.owner()
+        .batch_execute(
+            "INSERT INTO ctrip.audit_events (actor_type, actor_id, action, outcome, details)
+             VALUES ('system', 'test', 'test.pending', 'success', '{}')",
+        )
+        .unwrap();
+    db
+}
+
+#[test]
+fn owner_cannot_edit_pending_rows() {
+    let db = database_with_pending_row();
+    let mut owner = db.owner();
+    owner
+        .batch_execute("SET ctrip.audit_chaining = 'on'")
+        .unwrap();
+
+    let edit = owner
+        .batch_execute(
+            "UPDATE ctrip.audit_events SET outcome = 'denied' WHERE action = 'test.pending'",
+        )
+        .unwrap_err();
+    let chain_with_edit = owner
+        .batch_execute(
+            "UPDATE ctrip.audit_events
+             SET id = 1000, prev_hash = sha256(''), hash = sha256(''), actor_id = 'someone else'
+             WHERE action = 'test.pending'",
+        )
+        .unwrap_err();
+
+    for err in [edit, chain_with_edit] {
+        assert_eq!(err.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
+        assert!(
+            crate::harness::error_text(&err).contains("append-only"),
+            "{err}"
+        );
+    }
+    assert_eq!(db.chain_audit(), 1);
+    let actor: String = owner
+        .query_one(
+            "SELECT actor_id FROM ctrip.audit_events WHERE action = 'test.pending'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(actor, "test");
+}
+
+#[test]
+fn unencodable_time_cannot_stop_chaining() {
+    let db = database_with_pending_row();
+    let mut runtime = db.runtime();
+
+    let mut refused = Vec::new();
+    for time in ["infinity", "-infinity", "200000-01-01"] {
+        let err = runtime
+            .execute(
+                "INSERT INTO ctrip.audit_events (occurred_at, actor_type, action, outcome)
+                 VALUES ($1::text::timestamptz, 'system', 'test.jam', 'success')",
+                &[&time],
+            )
+            .unwrap_err();
+        refused.push((time, err));
+    }
+
+    for (time, err) in &refused {
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::CHECK_VIOLATION),
+            "{time}: {err}"
+        );
+        assert!(
+            crate::harness::error_text(err).contains("audit_events_occurred_at_encodable"),
+            "{time}: {err}"
+        );
+    }
+    assert_eq!(db.chain_audit(), 1);
+    assert!(ctrip::audit::verify::verify(&mut db.owner(), &[])
+        .unwrap()
+        .is_ok());
+}
+
 pub fn sha2_of(key: &str) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(key.as_bytes()).to_vec()
 }
 
 #[test]
-fn runtime_role_chains_but_cannot_pick_hashes() {
+fn runtime_role_may_chain_pending_rows() {
     // Migrated by the CLI and with no server, whose chainer would take the row first.
     let db = TestDb::create();
     let migrated = ctrip(&write_config(&base_config(&db)), &["migrate"]);
