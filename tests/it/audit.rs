@@ -335,11 +335,13 @@ fn database_and_verifier_encode_alike() {
     db.owner()
         .batch_execute(
             "INSERT INTO ctrip.audit_events
-                 (actor_type, actor_id, action, object_type, object_id, outcome,
-                  source_address, request_id, details)
-             VALUES ('cli', 'zoë', 'test.encoding', NULL, '', 'success', NULL, '€-1',
-                     '{\"note\": \"naïve ☃\", \"n\": 1.50}'),
-                    ('system', '', 'test.encoding', 'x', NULL, 'failed', '::1', NULL, '{}')",
+                 (occurred_at, actor_type, actor_id, merchant_id, action, object_type,
+                  object_id, outcome, source_address, request_id, details)
+             VALUES ('1969-12-31 23:59:59.999999+00', 'cli', 'zoë', gen_random_uuid(),
+                     'test.encoding', NULL, '', 'success', NULL, '€-1',
+                     '{\"note\": \"naïve ☃ 𝄞\", \"n\": 1.50}'),
+                    ('2026-12-04 12:00:00.000001+00', 'system', '', NULL, 'test.encoding',
+                     'x', NULL, 'failed', '::1', NULL, '{}')",
         )
         .unwrap();
 

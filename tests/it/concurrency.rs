@@ -98,4 +98,16 @@ fn two_processes_share_one_index_space() {
     assert!(addresses.contains("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"));
     assert_eq!(first.stop(), Some(0));
     assert_eq!(second.stop(), Some(0));
+    // Both servers chained audit rows; the log is still one chain, numbered without gaps.
+    let report = ctrip::audit::verify::verify(&mut db.owner(), &[]).unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.pending, 0);
+    let (rows, last): (i64, i64) = {
+        let row = db
+            .owner()
+            .query_one("SELECT count(*), max(id) FROM ctrip.audit_events", &[])
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(rows, last);
 }
