@@ -315,8 +315,8 @@ pub fn audit_tail(config: &Config, since: Option<&str>, limit: i64) -> anyhow::R
     let mut client = serve::migration_client(config)?;
     audit::chain_pending(&mut client, true)?;
     let mut transaction = client.transaction()?;
-    // Rows committed since the chaining above are still pending: their negative ids count
-    // down from -1 in insertion order, so they sort after every chained row.
+    // Rows committed since the chaining above are still pending. Their ids are negative and
+    // fall as rows are inserted, so this puts them after every chained row, oldest first.
     let rows = transaction.query(
         "SELECT id, occurred_at, actor_type, actor_id, merchant_id::text, action, object_type,
                 object_id, outcome, source_address, request_id, details::text

@@ -381,7 +381,7 @@ fn unencodable_time_cannot_stop_chaining() {
     let db = database_with_pending_row();
     let mut runtime = db.runtime();
 
-    let mut refused = Vec::new();
+    let mut rejections = Vec::new();
     for time in ["infinity", "-infinity", "200000-01-01"] {
         let err = runtime
             .execute(
@@ -390,10 +390,10 @@ fn unencodable_time_cannot_stop_chaining() {
                 &[&time],
             )
             .unwrap_err();
-        refused.push((time, err));
+        rejections.push((time, err));
     }
 
-    for (time, err) in &refused {
+    for (time, err) in &rejections {
         assert_eq!(
             err.code(),
             Some(&SqlState::CHECK_VIOLATION),
