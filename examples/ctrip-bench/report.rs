@@ -513,10 +513,11 @@ const METHOD: &str = "## Method
   `ctrip.begin_request` (row-level security requires it), `nextval`, insert the deposit
   address, insert the payment, commit. The row \"with audit row\" runs
   bench/create_payment_audited.sql, which also inserts the audit event as ctrip does.
-- Audit cost: after the other scenarios, create-evm runs at 32 clients twice with the audit
-  row and twice without, alternating. Without means a BEFORE INSERT trigger, added as the
-  superuser for those runs only, discards every audit row before ctrip's own triggers; the
-  server and its requests are otherwise the same. The target compares the means.
+- Audit cost: after the other scenarios, create-evm runs at 32 clients four times with the
+  audit row (A) and four times without (B), in the order ABBA BAAB, so that a steady drift in
+  the machine's load falls on both equally. Without means a BEFORE INSERT trigger, added as
+  the superuser for those runs only, discards every audit row before ctrip's own triggers.
+  The server and its requests are otherwise the same. The target compares the means.
 - Memory is VmHWM from /proc/PID/status of `ctrip serve` after all HTTP scenarios.
   Derivation uses the public test mnemonic. Start-up is timed from spawning `ctrip serve` to
   its first 200 from /ready, with migrations already applied.
