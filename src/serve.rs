@@ -249,14 +249,7 @@ fn audit_chainer(app: Arc<App>) -> impl FnMut() + Send + 'static {
     let mut failing_since: Option<Instant> = None;
     let mut last_warning: Option<Instant> = None;
     move || {
-        let result = app
-            .pool
-            .get()
-            .map_err(anyhow::Error::from)
-            .and_then(|mut conn| {
-                let (client, _) = conn.parts();
-                Ok(audit::chain_pending(client, false)?)
-            });
+        let result = with_pooled_client(&app, |client| Ok(audit::chain_pending(client, false)?));
         match result {
             Ok(chained) => {
                 if let Some(since) = failing_since.take() {
@@ -281,15 +274,18 @@ fn audit_chainer(app: Arc<App>) -> impl FnMut() + Send + 'static {
     }
 }
 
+/// Runs `task` on a pooled session, for the background tasks.
+fn with_pooled_client<T>(
+    app: &App,
+    task: impl FnOnce(&mut postgres::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut conn = app.pool.get()?;
+    let (client, _) = conn.parts();
+    task(client)
+}
+
 fn write_checkpoint(app: &App, key: &SigningKey, file: &Path) {
-    let result = app
-        .pool
-        .get()
-        .map_err(anyhow::Error::from)
-        .and_then(|mut conn| {
-            let (client, _) = conn.parts();
-            Ok(checkpoint::write(client, key, file)?)
-        });
+    let result = with_pooled_client(app, |client| Ok(checkpoint::write(client, key, file)?));
     match result {
         Ok(Some(point)) => {
             log::info!(

@@ -328,9 +328,7 @@ fn cut_tail_caught_by_head() {
 
 #[test]
 fn database_and_verifier_encode_alike() {
-    let db = TestDb::create();
-    let migrated = ctrip(&write_config(&base_config(&db)), &["migrate"]);
-    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let db = TestDb::migrated();
     // NULLs, empty strings, multi-byte text and JSON that must round-trip through text.
     db.owner()
         .batch_execute(
@@ -354,10 +352,8 @@ fn database_and_verifier_encode_alike() {
 
 #[test]
 fn tail_chains_pending_rows_first() {
-    let db = TestDb::create();
+    let db = TestDb::migrated();
     let config = write_config(&base_config(&db));
-    let migrated = ctrip(&config, &["migrate"]);
-    assert!(migrated.status.success(), "{}", stderr(&migrated));
     db.owner()
         .batch_execute(
             "INSERT INTO ctrip.audit_events (actor_type, actor_id, action, outcome, details)

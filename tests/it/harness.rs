@@ -141,6 +141,20 @@ impl TestDb {
         TestDb { name }
     }
 
+    /// Creates a database and migrates it with `ctrip migrate`, with no server running, so
+    /// audit rows a test inserts stay pending until the test chains them.
+    pub fn migrated() -> TestDb {
+        let db = TestDb::create();
+        let config = crate::cli::write_config(&base_config(&db));
+        let migrated = crate::cli::ctrip(&config, &["migrate"]);
+        assert!(
+            migrated.status.success(),
+            "{}",
+            crate::cli::stderr(&migrated)
+        );
+        db
+    }
+
     /// Opens a session as the schema owner (the migration login after SET ROLE).
     pub fn owner(&self) -> postgres::Client {
         let cluster = cluster();

@@ -2,8 +2,7 @@
 
 use postgres::error::SqlState;
 
-use crate::cli::{ctrip, stderr, write_config};
-use crate::harness::{base_config, create_key_for, create_merchant, TestApp, TestDb};
+use crate::harness::{create_key_for, create_merchant, TestApp, TestDb};
 
 /// Runs `sql` as the runtime role and returns the SQLSTATE it failed with.
 fn refused(db: &TestDb, sql: &str) -> SqlState {
@@ -322,12 +321,10 @@ fn audit_log_append_only_for_owner() {
     }
 }
 
-/// Returns a migrated database with no server, whose chainer would take pending rows first,
-/// and one committed pending row with action `test.pending`.
+/// Returns a migrated database, with no server to chain it, holding one committed pending
+/// row with action `test.pending`.
 fn database_with_pending_row() -> TestDb {
-    let db = TestDb::create();
-    let migrated = ctrip(&write_config(&base_config(&db)), &["migrate"]);
-    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let db = TestDb::migrated();
     db.owner()
         .batch_execute(
             "INSERT INTO ctrip.audit_events (actor_type, actor_id, action, outcome, details)
@@ -417,17 +414,8 @@ pub fn sha2_of(key: &str) -> Vec<u8> {
 
 #[test]
 fn runtime_role_may_chain_pending_rows() {
-    // Migrated by the CLI and with no server, whose chainer would take the row first.
-    let db = TestDb::create();
-    let migrated = ctrip(&write_config(&base_config(&db)), &["migrate"]);
-    assert!(migrated.status.success(), "{}", stderr(&migrated));
+    let db = database_with_pending_row();
     let mut owner = db.owner();
-    owner
-        .batch_execute(
-            "INSERT INTO ctrip.audit_events (actor_type, actor_id, action, outcome, details)
-             VALUES ('system', 'test', 'test.pending', 'success', '{}');",
-        )
-        .unwrap();
     let pending: i64 = owner
         .query_one(
             "SELECT id FROM ctrip.audit_events WHERE action = 'test.pending'",
