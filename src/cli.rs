@@ -232,6 +232,14 @@ pub fn audit_verify(
     checkpoints: Option<&Path>,
     key: Option<&Path>,
 ) -> anyhow::Result<()> {
+    // Without --checkpoints, the configured checkpoint file is checked when it exists, so a
+    // cut tail is caught by default.
+    let configured = config
+        .audit
+        .checkpoint_file
+        .as_deref()
+        .filter(|file| file.exists());
+    let checkpoints = checkpoints.or(configured);
     // With checkpoints or an explicit key, the key also checks the signed prune ranges.
     let verifying = match (checkpoints, key) {
         (None, None) => None,

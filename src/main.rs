@@ -103,7 +103,8 @@ enum ApiKeyAction {
 enum AuditAction {
     /// Recompute the hash chain (and checkpoint signatures); exit 1 on any problem.
     Verify {
-        /// Checkpoint file to check the log against, which detects a cut tail.
+        /// Checkpoint file to check the log against, which detects a cut tail (default:
+        /// audit.checkpoint_file, when it exists).
         #[arg(long)]
         checkpoints: Option<PathBuf>,
         /// Audit key that signed the checkpoints (default: audit.key_file).

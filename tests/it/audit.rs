@@ -531,6 +531,31 @@ fn serve_writes_checkpoint_on_stop() {
 }
 
 #[test]
+fn verify_and_doctor_read_configured_checkpoints() {
+    let app = app_with_events(1);
+    let (table, key_path, _) = with_audit_files(&app.db);
+    let config = write_config(&table);
+    checkpoint::generate_key(&key_path).unwrap();
+    let point = ctrip(&config, &["audit", "checkpoint"]);
+    assert!(point.status.success(), "{}", stderr(&point));
+
+    let verified = ctrip(&config, &["audit", "verify"]);
+    let doctor = ctrip(&config, &["doctor", "--json"]);
+
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    assert!(
+        stdout(&verified).contains(", 1 checkpoints"),
+        "{}",
+        stdout(&verified)
+    );
+    assert!(
+        stdout(&doctor).contains("1 checkpoints"),
+        "{}",
+        stdout(&doctor)
+    );
+}
+
+#[test]
 fn loose_audit_key_rejected() {
     let path = cluster().write_file("audit.key", &format!("{}\n", "11".repeat(32)), 0o644);
 
