@@ -243,13 +243,17 @@ impl Periodic {
 /// which normally takes about this long, someone with owner rights could edit it unseen.
 const AUDIT_CHAIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Chains pending audit rows. Failures are logged once per minute while they last, because
-/// the database may be down. The rows wait and are chained once it is back.
+/// Records the summaries of suppressed authentication failures of past minutes and chains
+/// pending audit rows. Failures are logged once per minute while they last, because the
+/// database may be down. The rows wait and are chained once it is back.
 fn audit_chainer(app: Arc<App>) -> impl FnMut() + Send + 'static {
     let mut failing_since: Option<Instant> = None;
     let mut last_warning: Option<Instant> = None;
     move || {
-        let result = with_pooled_client(&app, |client| Ok(audit::chain_pending(client, false)?));
+        let result = with_pooled_client(&app, |client| {
+            crate::http::record_failure_summaries(&app, client, false)?;
+            Ok(audit::chain_pending(client, false)?)
+        });
         match result {
             Ok(chained) => {
                 if let Some(since) = failing_since.take() {
@@ -368,6 +372,16 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     running.tls_watch.stop();
     if let Some(retention) = running.retention {
         retention.stop();
+    }
+    // The counted authentication failures of the current minute, before the last chaining.
+    if let Err(err) = with_pooled_client(&running.app, |client| {
+        Ok(crate::http::record_failure_summaries(
+            &running.app,
+            client,
+            true,
+        )?)
+    }) {
+        log::warn!("cannot record the summary of suppressed authentication failures: {err:#}");
     }
     // Last, so it chains the rows of everything stopped before it. The final checkpoint
     // chains again before it signs.

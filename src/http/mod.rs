@@ -19,7 +19,7 @@ use rouille::{Request, Response};
 use serde_json::json;
 
 use crate::apikeys::AuthenticatedKey;
-use crate::audit::{ActorType, Event, Outcome};
+use crate::audit::{self, ActorType, Event, Outcome};
 use crate::chains::ChainRegistry;
 use crate::config::PaymentsConfig;
 use crate::db::migrate::{self, Migration};
@@ -46,34 +46,154 @@ pub struct App {
 }
 
 /// Admits the first failure per client address per minute and counts the rest, so a flood of
-/// bad keys costs one audit row and one warning per address and minute, not one each.
+/// bad keys costs one audit row and one warning per address and minute, not one each. The
+/// counted ones are recorded too, as one summary per address and minute, by
+/// [`FailureLimiter::take_summaries`].
 #[derive(Default)]
 pub struct FailureLimiter {
-    windows: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u64, u64)>>,
+    state: std::sync::Mutex<LimiterState>,
 }
 
+#[derive(Default)]
+struct LimiterState {
+    windows: std::collections::HashMap<std::net::IpAddr, FailureWindow>,
+    /// Windows replaced by a later minute before a summary was taken.
+    finished: Vec<FailureSummary>,
+}
+
+struct FailureWindow {
+    minute: u64,
+    summary: FailureSummary,
+}
+
+/// The failures of one client address in one minute that were counted but not recorded.
+#[derive(Debug, Clone)]
+pub struct FailureSummary {
+    pub client: std::net::IpAddr,
+    /// Start of the minute, in seconds since 1970.
+    pub minute_start: i64,
+    pub suppressed: u64,
+    /// Counts by reason, such as "unknown API key".
+    pub reasons: std::collections::BTreeMap<&'static str, u64>,
+    /// Up to [`MAX_SUMMARY_PREFIXES`] distinct key prefixes presented.
+    pub key_prefixes: std::collections::BTreeSet<String>,
+}
+
+/// Key prefixes kept per summary, so a flood of random keys cannot grow one without bound.
+pub const MAX_SUMMARY_PREFIXES: usize = 10;
+
+/// Client addresses tracked at once; beyond this, windows of past minutes are summarized.
+const MAX_TRACKED_CLIENTS: usize = 10_000;
+
 impl FailureLimiter {
-    /// Returns `Some(n)` for the first failure of `client` in the current minute, where `n`
-    /// counts the failures suppressed in its previous minute; `None` for the rest.
-    pub fn admit(&self, client: std::net::IpAddr) -> Option<u64> {
-        let minute = crate::db::rotation::unix_now().max(0) as u64 / 60;
-        let mut windows = self
-            .windows
+    /// Returns true for the first failure of `client` in the current minute, which the caller
+    /// records, and false for the rest, which are counted for the minute's summary.
+    pub fn admit(&self, client: std::net::IpAddr, reason: &'static str, prefix: &str) -> bool {
+        let minute = current_minute();
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if windows.len() > 10_000 {
-            windows.retain(|_, (window, _)| *window == minute);
+        if state.windows.len() > MAX_TRACKED_CLIENTS {
+            state.finish_before(minute);
         }
-        let (window, suppressed) = windows.entry(client).or_insert((u64::MAX, 0));
-        if *window == minute {
-            *suppressed += 1;
-            return None;
+        if let Some(window) = state.windows.get_mut(&client) {
+            if window.minute == minute {
+                let summary = &mut window.summary;
+                summary.suppressed += 1;
+                *summary.reasons.entry(reason).or_insert(0) += 1;
+                if summary.key_prefixes.len() < MAX_SUMMARY_PREFIXES && prefix != "-" {
+                    summary.key_prefixes.insert(prefix.to_owned());
+                }
+                return false;
+            }
         }
-        let before = if *window == u64::MAX { 0 } else { *suppressed };
-        *window = minute;
-        *suppressed = 0;
-        Some(before)
+        let fresh = FailureWindow {
+            minute,
+            summary: FailureSummary {
+                client,
+                minute_start: (minute * 60) as i64,
+                suppressed: 0,
+                reasons: Default::default(),
+                key_prefixes: Default::default(),
+            },
+        };
+        if let Some(old) = state.windows.insert(client, fresh) {
+            if old.summary.suppressed > 0 {
+                state.finished.push(old.summary);
+            }
+        }
+        true
     }
+
+    /// Takes the summaries of minutes that have ended, or of every window with `all`, as on
+    /// shutdown. Windows without suppressed failures give none.
+    pub fn take_summaries(&self, all: bool) -> Vec<FailureSummary> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = if all { u64::MAX } else { current_minute() };
+        state.finish_before(before);
+        std::mem::take(&mut state.finished)
+    }
+}
+
+impl LimiterState {
+    /// Moves the windows of minutes before `minute` to `finished`.
+    fn finish_before(&mut self, minute: u64) {
+        let ended: Vec<std::net::IpAddr> = self
+            .windows
+            .iter()
+            .filter(|(_, window)| window.minute < minute)
+            .map(|(client, _)| *client)
+            .collect();
+        for client in ended {
+            if let Some(window) = self.windows.remove(&client) {
+                if window.summary.suppressed > 0 {
+                    self.finished.push(window.summary);
+                }
+            }
+        }
+    }
+}
+
+fn current_minute() -> u64 {
+    crate::db::rotation::unix_now().max(0) as u64 / 60
+}
+
+/// Records the summaries of suppressed authentication failures, one audit row each. Returns
+/// how many it wrote; on a database error the summaries not yet written are put back.
+pub fn record_failure_summaries(
+    app: &App,
+    client: &mut postgres::Client,
+    all: bool,
+) -> Result<usize, postgres::Error> {
+    let summaries = app.auth_failures.take_summaries(all);
+    for (written, summary) in summaries.iter().enumerate() {
+        let minute_start = chrono::DateTime::from_timestamp(summary.minute_start, 0)
+            .map(|at| at.to_rfc3339())
+            .unwrap_or_default();
+        let event = Event::new(ActorType::System, "auth.failed", Outcome::Denied)
+            .actor("failure-summary")
+            .source(summary.client.to_string())
+            .details(json!({
+                "suppressed": summary.suppressed,
+                "minute_start": minute_start,
+                "reasons": summary.reasons,
+                "key_prefixes": summary.key_prefixes,
+            }));
+        if let Err(err) = audit::record(client, &event) {
+            let mut state = app
+                .auth_failures
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.finished.extend(summaries[written..].iter().cloned());
+            return Err(err);
+        }
+    }
+    Ok(summaries.len())
 }
 
 /// Facts about a request besides its contents, for audit rows and logs.
@@ -428,5 +548,43 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_counts_after_first_failure() {
+        let limiter = FailureLimiter::default();
+        let client: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        let other: std::net::IpAddr = "192.0.2.8".parse().unwrap();
+
+        let first = limiter.admit(client, "unknown API key", "ctrip_AAAAAAAA");
+        let second = limiter.admit(client, "unknown API key", "ctrip_BBBBBBBB");
+        let third = limiter.admit(client, "malformed API key", "-");
+        let elsewhere = limiter.admit(other, "missing API key", "-");
+        let during_minute = limiter.take_summaries(false);
+        let on_stop = limiter.take_summaries(true);
+
+        assert!(first);
+        assert!(!second);
+        assert!(!third);
+        assert!(elsewhere);
+        // The minute can turn between the calls above, which summarizes it early.
+        assert!(during_minute.len() <= 1, "{during_minute:?}");
+        let summaries: Vec<_> = during_minute.into_iter().chain(on_stop).collect();
+        assert_eq!(summaries.len(), 1, "{summaries:?}");
+        let summary = &summaries[0];
+        assert_eq!(summary.client, client);
+        assert_eq!(summary.suppressed, 2);
+        assert_eq!(summary.reasons["unknown API key"], 1);
+        assert_eq!(summary.reasons["malformed API key"], 1);
+        assert_eq!(
+            summary.key_prefixes.iter().collect::<Vec<_>>(),
+            ["ctrip_BBBBBBBB"]
+        );
+        assert!(limiter.take_summaries(true).is_empty());
     }
 }

@@ -39,18 +39,17 @@ fn authorize(
         Ok(key) => key,
         Err(failure) => {
             let client = request.remote_addr().ip();
-            if let Some(suppressed) = app.auth_failures.admit(client) {
+            let reason = failure.message().split(':').next().unwrap_or_default();
+            if app.auth_failures.admit(client, reason, failure.prefix()) {
                 log::warn!(
                     "request_id={} authentication failed: key_prefix={} client={client} \
-                     reason={} suppressed_in_previous_minute={suppressed}",
+                     reason={} (further failures from this address this minute are counted \
+                     in one summary row)",
                     context.request_id,
                     failure.prefix(),
                     failure.message()
                 );
-                let details = json!({
-                    "reason": failure.message().split(':').next(),
-                    "suppressed_in_previous_minute": suppressed,
-                });
+                let details = json!({"reason": reason});
                 let event = Event::new(ActorType::ApiKey, "auth.failed", Outcome::Denied)
                     .actor(failure.prefix())
                     .source(context.client_ip.clone())

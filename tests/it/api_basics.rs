@@ -253,6 +253,77 @@ fn auth_failures_audited_once_per_minute() {
 }
 
 #[test]
+fn suppressed_auth_failures_summarized_on_stop() {
+    let db = crate::harness::TestDb::create();
+    let server = crate::cli::ServerProcess::start(&db);
+    let revoked = crate::harness::create_api_key(&db, "soon-revoked");
+    let mut owner = db.owner();
+    owner
+        .execute(
+            "UPDATE ctrip.api_keys SET revoked_at = now() WHERE name = 'soon-revoked'",
+            &[],
+        )
+        .unwrap();
+    let keys = [
+        "garbage".to_owned(),
+        "ctrip_AAAAAAAA_nope".to_owned(),
+        "ctrip_BBBBBBBB_nope".to_owned(),
+        revoked.clone(),
+        revoked.clone(),
+    ];
+
+    for key in &keys {
+        let header = format!("Bearer {key}");
+        let reply = crate::harness::send(
+            &server.base,
+            "GET",
+            "/api/v1/payments",
+            None,
+            &[("Authorization", header.as_str())],
+        );
+        assert_eq!(reply.status, 401, "{}", reply.text);
+    }
+    assert_eq!(server.stop(), Some(0));
+
+    let rows = owner
+        .query(
+            "SELECT actor_type, details FROM ctrip.audit_events
+             WHERE action = 'auth.failed' ORDER BY id",
+            &[],
+        )
+        .unwrap();
+    // One row for the first failure, one summary of the four after it in the same minute,
+    // or, when the minute turned during the requests, more rows that still count all five.
+    let mut first_rows = 0;
+    let mut suppressed = 0;
+    let mut revoked_count = 0;
+    let mut prefixes = Vec::new();
+    for row in &rows {
+        let details: serde_json::Value = row.get(1);
+        match row.get::<_, String>(0).as_str() {
+            "api_key" => first_rows += 1,
+            _ => {
+                suppressed += details["suppressed"].as_u64().unwrap();
+                revoked_count += details["reasons"]["revoked API key"].as_u64().unwrap_or(0);
+                for prefix in details["key_prefixes"].as_array().unwrap() {
+                    prefixes.push(prefix.as_str().unwrap().to_owned());
+                }
+            }
+        }
+    }
+    assert_eq!(first_rows + suppressed, 5, "{rows:?}");
+    assert!(first_rows >= 1, "{rows:?}");
+    if first_rows == 1 {
+        assert_eq!(revoked_count, 2, "{rows:?}");
+        assert!(prefixes.contains(&revoked[..14].to_owned()), "{prefixes:?}");
+        assert!(
+            prefixes.contains(&"ctrip_BBBBBBBB".to_owned()),
+            "{prefixes:?}"
+        );
+    }
+}
+
+#[test]
 fn ready_hides_connection_details() {
     let app = TestApp::start_with(|config| {
         crate::harness::set(config, "pool", "max_size", 1);
