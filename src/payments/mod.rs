@@ -85,8 +85,7 @@ fn amount_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 fn expires_in_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "description": "Seconds until the payment expires; the server's default applies when omitted",
-        "type": ["integer", "null"],
-        "minimum": 1
+        "type": ["integer", "null"]
     })
 }
 
@@ -160,11 +159,16 @@ impl Amount {
                         format!("{number} is negative: amounts are 1 or more base units"),
                     ));
                 }
+                let problem = if number.as_f64().is_some_and(|value| value.fract() != 0.0) {
+                    "is not a whole number"
+                } else {
+                    "is not a plain JSON integer up to 2^64-1"
+                };
                 Err(FieldError::new(
                     "amount",
                     format!(
-                        "{number} is not a whole number up to 2^64-1 as a JSON number: send base \
-                         units as a decimal string, such as \"1500000\""
+                        "{number} {problem}: send base units as a decimal string, such as \
+                         \"1500000\""
                     ),
                 ))
             }
@@ -279,12 +283,22 @@ fn parse_expires_in(
     );
     let seconds = match value {
         None | Some(serde_json::Value::Null) => u64::from(limits.default_expires_in_s),
-        Some(serde_json::Value::Number(number)) => number.as_u64().ok_or_else(|| {
-            FieldError::new(
-                "expires_in",
-                format!("{number} is not a whole number of seconds: expected {range}"),
-            )
-        })?,
+        Some(serde_json::Value::Number(number)) => match number.as_u64() {
+            Some(seconds) => seconds,
+            None => {
+                let message = if number.as_i64().is_some() {
+                    format!("{number} is negative: expected {range}")
+                } else if number.as_f64().is_some_and(|value| value.fract() != 0.0) {
+                    format!("{number} is not a whole number of seconds: expected {range}")
+                } else {
+                    format!(
+                        "{number} is not a plain integer: expected {range}, written without a \
+                         decimal point or exponent"
+                    )
+                };
+                return Err(FieldError::new("expires_in", message));
+            }
+        },
         Some(other) => {
             return Err(FieldError::new(
                 "expires_in",
