@@ -178,6 +178,22 @@ impl BodySchema {
                 let field = property.as_str().unwrap_or_default().to_owned();
                 FieldError::new(&field, format!("{field} is required"))
             }
+            // The generic message echoes the whole value before the limit, so a long value
+            // would push the limit past the cut below.
+            ValidationErrorKind::MaxLength { limit } => {
+                let field = top_field(err);
+                let length = err
+                    .instance()
+                    .as_str()
+                    .map_or(0, |text| text.chars().count());
+                FieldError::new(
+                    &field,
+                    format!(
+                        "{field} is {length} characters long, more than the limit of {limit}: \
+                         shorten it"
+                    ),
+                )
+            }
             _ => {
                 let field = top_field(err);
                 if field == "amount" {
