@@ -99,6 +99,11 @@ impl ApiError {
                 format!("request body is larger than the limit of {limit} bytes"),
                 None,
             ),
+            ApiError::UnsupportedMediaType(got) if got.is_empty() => (
+                "the Content-Type header is missing: send Content-Type: application/json"
+                    .to_owned(),
+                None,
+            ),
             ApiError::UnsupportedMediaType(got) => (
                 format!(
                     "content type {got:?} is not supported: send Content-Type: application/json"

@@ -174,7 +174,7 @@ impl Amount {
             }
             serde_json::Value::Null => Err(FieldError::new(
                 "amount",
-                "is required: send base units as a decimal string",
+                "amount is required: send base units as a decimal string, such as \"1500000\"",
             )),
             other => Err(FieldError::new(
                 "amount",

@@ -388,6 +388,27 @@ fn wrong_content_type_is_415() {
 }
 
 #[test]
+fn missing_content_type_named() {
+    let app = TestApp::start();
+    let auth = format!("Bearer {}", app.key);
+
+    let reply = app.request(
+        "POST",
+        "/api/v1/payments",
+        Some(r#"{"chain": "ethereum", "amount": "1"}"#),
+        &[("Authorization", &auth)],
+    );
+
+    assert_eq!(reply.status, 415);
+    let message = reply.json["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Content-Type header is missing"),
+        "{}",
+        reply.text
+    );
+}
+
+#[test]
 fn oversized_body_is_413() {
     let app = TestApp::start();
     let body = format!(
