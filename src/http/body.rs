@@ -48,8 +48,18 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
             "the body is empty: send a JSON object".to_owned(),
         ));
     }
-    let parsed: Strict =
-        serde_json::from_slice(bytes).map_err(|err| ApiError::MalformedJson(err.to_string()))?;
+    let parsed: Strict = serde_json::from_slice(bytes).map_err(|err| {
+        let text = err.to_string();
+        // serde_json's own wording for these two names no limit and no fix.
+        let message = if text.starts_with("recursion limit exceeded") {
+            format!("the JSON is nested too deeply ({text}): nest fewer than 128 levels")
+        } else if text.starts_with("number out of range") {
+            format!("a number is too large to read ({text}): send large values as strings")
+        } else {
+            text
+        };
+        ApiError::MalformedJson(message)
+    })?;
     Ok(parsed.0)
 }
 
@@ -232,4 +242,38 @@ fn top_field(err: &ValidationError) -> String {
         .next()
         .unwrap_or("")
         .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn malformed_message(body: &str) -> String {
+        match parse_json(body.as_bytes()) {
+            Err(ApiError::MalformedJson(message)) => message,
+            Err(other) => panic!("{body:.40}: unexpected error {other:?}"),
+            Ok(value) => panic!("{body:.40}: parsed as {value}"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_names_the_limit() {
+        let body = format!("{}{}", "[".repeat(200), "]".repeat(200));
+
+        let message = malformed_message(&body);
+
+        assert!(message.contains("fewer than 128 levels"), "{message}");
+    }
+
+    #[test]
+    fn huge_number_suggests_a_string() {
+        let body = format!(r#"{{"amount": 1{}}}"#, "0".repeat(500));
+
+        let message = malformed_message(&body);
+
+        assert!(
+            message.contains("send large values as strings"),
+            "{message}"
+        );
+    }
 }
