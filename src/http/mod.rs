@@ -82,7 +82,7 @@ pub struct FailureSummary {
 /// Key prefixes kept per summary, so a flood of random keys cannot grow one without bound.
 pub const MAX_SUMMARY_PREFIXES: usize = 10;
 
-/// Client addresses tracked at once; beyond this, windows of past minutes are summarized.
+/// Client addresses tracked at once. Beyond this, windows of past minutes are summarized.
 const MAX_TRACKED_CLIENTS: usize = 10_000;
 
 impl FailureLimiter {
@@ -162,8 +162,8 @@ fn current_minute() -> u64 {
     crate::db::rotation::unix_now().max(0) as u64 / 60
 }
 
-/// Records the summaries of suppressed authentication failures, one audit row each. Returns
-/// how many it wrote; on a database error the summaries not yet written are put back.
+/// Records the summaries of suppressed authentication failures, one audit row each, and
+/// returns how many it wrote. On a database error the summaries not yet written are kept.
 pub fn record_failure_summaries(
     app: &App,
     client: &mut postgres::Client,
