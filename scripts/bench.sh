@@ -5,9 +5,9 @@
 # TLS cluster on a free port under a temporary directory, and runs `ctrip serve` with
 # config.toml as shipped (environment "testing"). Then, at each client count: pgbench with
 # bench/create_payment.sql as the runtime login, and the HTTP scenarios create-evm,
-# create-solana, get and list; then create-evm with and without audit rows. Also times address derivation and start-up, reads the
-# server's peak memory, prints the results with PASS/FAIL per target, and writes
-# BENCHMARKS.md. The server and the cluster are stopped and the directory removed even when
+# create-solana, get and list. After those, create-evm with and without audit rows. Also
+# times address derivation and start-up, reads the server's peak memory, prints the results
+# with PASS/FAIL per target, and writes BENCHMARKS.md. The server and the cluster are stopped and the directory removed even when
 # a step fails; the logs are copied to target/bench-logs first.
 #
 # Exits 1 when the run is broken (an HTTP error, a failed pgbench transaction, a missing

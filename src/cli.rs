@@ -697,8 +697,8 @@ fn backup_restore(
 fn chain_restored(client: &mut postgres::Client, into: &str) {
     if let Err(err) = audit::chain_pending(client, true) {
         log::warn!(
-            "the restore's audit row in {into} is saved but not yet chained; a `ctrip serve` or \
-             `ctrip audit verify` on {into} chains it: {err}"
+            "the restore's audit row in {into} is saved but not yet chained, and a `ctrip serve` \
+             or `ctrip audit verify` on {into} chains it: {err}"
         );
     }
 }

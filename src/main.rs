@@ -221,8 +221,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if let Err(err) = cli::chain_audit(&config) {
             if result.is_ok() {
                 log::warn!(
-                    "the command's audit rows are saved but not yet chained; `ctrip serve` or \
-                     the next `ctrip audit verify` chains them: {err:#}"
+                    "the command's audit rows are saved but not yet chained, and `ctrip serve` \
+                     or the next `ctrip audit verify` chains them: {err:#}"
                 );
             }
         }

@@ -104,7 +104,7 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
             let (app, file) = (app.clone(), file.clone());
             Some(Periodic::start(
                 Duration::from_secs(config.audit.checkpoint_interval_s),
-                move || write_checkpoint(&app, &key, &file),
+                move |_| write_checkpoint(&app, &key, &file),
             ))
         }
         _ => None,
@@ -210,21 +210,22 @@ fn audit_relaxed_start(config: &Config, client: &mut postgres::Client) -> anyhow
     Ok(())
 }
 
-/// A background task run every interval, and once more on stop.
+/// A background task run every interval, and once more on stop. The task gets true on that
+/// last run.
 pub struct Periodic {
     stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Periodic {
-    fn start(interval: Duration, mut task: impl FnMut() + Send + 'static) -> Periodic {
+    fn start(interval: Duration, mut task: impl FnMut(bool) + Send + 'static) -> Periodic {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || loop {
             let timed_out = matches!(
                 stopped.recv_timeout(interval),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout)
             );
-            task();
+            task(!timed_out);
             if !timed_out {
                 break;
             }
@@ -243,22 +244,23 @@ impl Periodic {
 /// which normally takes about this long, someone with owner rights could edit it unseen.
 const AUDIT_CHAIN_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Records the summaries of suppressed authentication failures of past minutes and chains
-/// pending audit rows. Failures are logged once per minute while they last, because the
-/// database may be down. The rows wait and are chained once it is back.
-fn audit_chainer(app: Arc<App>) -> impl FnMut() + Send + 'static {
+/// Records the summaries of suppressed authentication failures of past minutes (of every
+/// minute on the last run) and chains pending audit rows. Failures are logged once per minute
+/// while they last, because the database may be down. The rows wait and are chained once it
+/// is back.
+fn audit_chainer(app: Arc<App>) -> impl FnMut(bool) + Send + 'static {
     let mut failing_since: Option<Instant> = None;
     let mut last_warning: Option<Instant> = None;
-    move || {
+    move |last| {
         let result = with_pooled_client(&app, |client| {
-            crate::http::record_failure_summaries(&app, client, false)?;
+            crate::http::record_failure_summaries(&app, client, last)?;
             Ok(audit::chain_pending(client, false)?)
         });
         match result {
             Ok(chained) => {
                 if let Some(since) = failing_since.take() {
                     log::info!(
-                        "audit chaining resumed after {}s; chained {chained} waiting row(s)",
+                        "audit chaining resumed after {}s and chained {chained} waiting row(s)",
                         since.elapsed().as_secs()
                     );
                     last_warning = None;
@@ -268,7 +270,7 @@ fn audit_chainer(app: Arc<App>) -> impl FnMut() + Send + 'static {
                 failing_since.get_or_insert_with(Instant::now);
                 if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                     log::warn!(
-                        "cannot chain pending audit rows; they wait and are chained once this \
+                        "cannot chain pending audit rows, which wait and are chained once this \
                          works again: {err:#}"
                     );
                     last_warning = Some(Instant::now());
@@ -373,18 +375,8 @@ pub fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(retention) = running.retention {
         retention.stop();
     }
-    // The counted authentication failures of the current minute, before the last chaining.
-    if let Err(err) = with_pooled_client(&running.app, |client| {
-        Ok(crate::http::record_failure_summaries(
-            &running.app,
-            client,
-            true,
-        )?)
-    }) {
-        log::warn!("cannot record the summary of suppressed authentication failures: {err:#}");
-    }
-    // Last, so it chains the rows of everything stopped before it. The final checkpoint
-    // chains again before it signs.
+    // Last, so it records the failure summaries of the current minute and chains the rows of
+    // everything stopped before it. The final checkpoint chains again before it signs.
     running.audit_chain.stop();
     if let Some(checkpoints) = running.checkpoints {
         checkpoints.stop();

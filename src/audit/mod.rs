@@ -168,7 +168,7 @@ const CHAIN_BATCH: i32 = 5_000;
 /// Numbers and hashes every committed audit row that is still pending, and returns how many
 /// it chained. Rows are inserted pending and chained later, in batches (see
 /// sql/0006_audit_chain_in_background.sql). With `wait`, waits for another session that is
-/// chaining and then chains what is left; without, returns 0 at once while one is.
+/// chaining and then chains what is left. Without it, returns 0 at once while one is.
 pub fn chain_pending(client: &mut impl GenericClient, wait: bool) -> Result<u64, postgres::Error> {
     let mut total = 0;
     loop {

@@ -30,7 +30,7 @@ const NEXT_EVM_INDEX: &str = "SELECT nextval('ctrip.deposit_index_evm')::integer
 const NEXT_SOLANA_INDEX: &str = "SELECT nextval('ctrip.deposit_index_solana')::integer";
 
 /// Inserts the address, the payment and its audit row in one statement, one round trip. The
-/// audit row goes in pending; the server's chainer chains it after the commit.
+/// audit row goes in pending, and the server's chainer chains it after the commit.
 const INSERT_PAYMENT: &str = "
     WITH address AS (
         INSERT INTO ctrip.deposit_addresses

@@ -98,7 +98,7 @@ fn two_processes_share_one_index_space() {
     assert!(addresses.contains("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"));
     assert_eq!(first.stop(), Some(0));
     assert_eq!(second.stop(), Some(0));
-    // Both servers chained audit rows; the log is still one chain, numbered without gaps.
+    // Both servers chained audit rows, and the log is still one chain, numbered without gaps.
     let report = ctrip::audit::verify::verify(&mut db.owner(), &[]).unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
     assert_eq!(report.pending, 0);
