@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::audit::{self, ActorType, Event, Outcome};
 use crate::db::pool::StatementCache;
 use crate::secret::Secret;
+use crate::wallet::Family;
 
 const SCHEME: &str = "ctrip_";
 const PREFIX_LEN: usize = SCHEME.len() + 8;
@@ -196,6 +197,21 @@ pub struct AuthenticatedKey {
     pub merchant_id: Uuid,
     pub prefix: String,
     pub scopes: Vec<String>,
+    /// The derivation index taken by the same statement, when [`Also::NextIndex`] asked for
+    /// one and the key holds its scope.
+    pub next_index: Option<i32>,
+}
+
+/// What the statement that checks the key also does.
+#[derive(Debug, Clone, Copy)]
+pub enum Also {
+    Nothing,
+    /// Takes the next derivation index of `family` when the key holds `scope`. A create needs
+    /// one right after the check, and taking it here saves a round trip.
+    NextIndex {
+        family: Family,
+        scope: &'static str,
+    },
 }
 
 impl AuthenticatedKey {
@@ -240,8 +256,26 @@ impl AuthFailure {
     }
 }
 
-const BEGIN_REQUEST: &str =
-    "SELECT key_id, merchant_id, scopes, revoked, stale FROM ctrip.begin_request($1, $2)";
+/// The key check, and its variants that also take an index from a family's sequence when
+/// the key is unrevoked and holds the scope `$3`.
+macro_rules! begin_request {
+    ($index:expr) => {
+        concat!(
+            "SELECT key_id, merchant_id, scopes, revoked, stale, ",
+            $index,
+            " FROM ctrip.begin_request($1, $2)"
+        )
+    };
+}
+const BEGIN_REQUEST: &str = begin_request!("NULL::integer");
+const BEGIN_REQUEST_EVM_INDEX: &str = begin_request!(
+    "CASE WHEN NOT revoked AND $3 = ANY (scopes) \
+     THEN nextval('ctrip.deposit_index_evm')::integer END"
+);
+const BEGIN_REQUEST_SOLANA_INDEX: &str = begin_request!(
+    "CASE WHEN NOT revoked AND $3 = ANY (scopes) \
+     THEN nextval('ctrip.deposit_index_solana')::integer END"
+);
 
 const TOUCH_KEY: &str = "UPDATE ctrip.api_keys SET last_used_at = now() WHERE id = $1";
 
@@ -255,6 +289,7 @@ pub fn authenticate<C: GenericClient>(
     client: &mut C,
     statements: &mut StatementCache,
     header: Option<&str>,
+    also: Also,
 ) -> Result<Result<AuthenticatedKey, AuthFailure>, postgres::Error> {
     let Some(header) = header else {
         return Ok(Err(AuthFailure::Missing));
@@ -272,8 +307,21 @@ pub fn authenticate<C: GenericClient>(
     let prefix = &key[..PREFIX_LEN];
     let presented_hash = Sha256::digest(key.as_bytes()).to_vec();
 
-    let begin = statements.get(client, BEGIN_REQUEST)?;
-    let Some(row) = client.query_opt(&begin, &[&prefix, &presented_hash])? else {
+    let row = match also {
+        Also::Nothing => {
+            let begin = statements.get(client, BEGIN_REQUEST)?;
+            client.query_opt(&begin, &[&prefix, &presented_hash])?
+        }
+        Also::NextIndex { family, scope } => {
+            let sql = match family {
+                Family::Evm => BEGIN_REQUEST_EVM_INDEX,
+                Family::Solana => BEGIN_REQUEST_SOLANA_INDEX,
+            };
+            let begin = statements.get(client, sql)?;
+            client.query_opt(&begin, &[&prefix, &presented_hash, &scope])?
+        }
+    };
+    let Some(row) = row else {
         return Ok(Err(AuthFailure::Unknown {
             prefix: prefix.to_owned(),
         }));
@@ -293,6 +341,7 @@ pub fn authenticate<C: GenericClient>(
         merchant_id: row.get(1),
         prefix: prefix.to_owned(),
         scopes: row.get(2),
+        next_index: row.get(5),
     }))
 }
 

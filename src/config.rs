@@ -224,6 +224,8 @@ pub struct PoolConfig {
     pub idle_timeout_s: u64,
     /// Run a cheap query on every check-out to catch dead connections.
     pub test_on_check_out: bool,
+    /// Skip that query for a connection returned healthy less than this long ago.
+    pub skip_test_within_ms: u64,
 }
 
 impl Default for PoolConfig {
@@ -235,6 +237,7 @@ impl Default for PoolConfig {
             max_lifetime_s: 1800,
             idle_timeout_s: 600,
             test_on_check_out: true,
+            skip_test_within_ms: 500,
         }
     }
 }
@@ -242,6 +245,10 @@ impl Default for PoolConfig {
 impl PoolConfig {
     pub fn connection_timeout(&self) -> Duration {
         Duration::from_millis(self.connection_timeout_ms)
+    }
+
+    pub fn skip_test_within(&self) -> Duration {
+        Duration::from_millis(self.skip_test_within_ms)
     }
 }
 

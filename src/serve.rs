@@ -68,7 +68,11 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
     check_seed(&mut runtime, &wallet)?;
     audit_relaxed_start(config, &mut runtime)?;
     drop(runtime);
-    let manager = pool::Manager::new(runtime_params.clone(), tls.clone());
+    let manager = pool::Manager::new(
+        runtime_params.clone(),
+        tls.clone(),
+        config.pool.skip_test_within(),
+    );
     let pool = pool::build(&config.pool, manager);
     // The first session may take longer than a request would wait (TLS, SCRAM), so the
     // start-up check waits for the longer of the two limits.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::{body, App, RequestContext};
-use crate::apikeys::{self, AuthenticatedKey};
+use crate::apikeys::{self, Also, AuthenticatedKey};
 use crate::audit::{self, ActorType, Event, Outcome};
 use crate::db::pool::{PgConn, StatementCache};
 use crate::payments::store::{self, StoreError};
@@ -33,9 +33,10 @@ fn authorize(
     request: &Request,
     context: &RequestContext,
     scope: &'static str,
+    also: Also,
 ) -> Result<Result<AuthenticatedKey, ApiError>, ApiError> {
     let header = request.header("Authorization");
-    let key = match apikeys::authenticate(transaction, statements, header)? {
+    let key = match apikeys::authenticate(transaction, statements, header, also)? {
         Ok(key) => key,
         Err(failure) => {
             let client = request.remote_addr().ip();
@@ -78,9 +79,18 @@ fn begin<'a>(
     request: &Request,
     context: &RequestContext,
     scope: &'static str,
+    also: Also,
 ) -> Result<(Transaction<'a>, &'a mut StatementCache, AuthenticatedKey), ApiError> {
     let (mut transaction, statements) = conn.transaction()?;
-    match authorize(app, &mut transaction, statements, request, context, scope)? {
+    match authorize(
+        app,
+        &mut transaction,
+        statements,
+        request,
+        context,
+        scope,
+        also,
+    )? {
         Ok(key) => Ok((transaction, statements, key)),
         Err(denied) => {
             transaction.commit()?;
@@ -108,16 +118,31 @@ pub fn create(
     context: &RequestContext,
 ) -> Result<Response, ApiError> {
     let bytes = body::read_json_bytes(request, app.max_body_bytes)?;
+    // Validated before a session is taken, so the session is held only for database work.
+    // A validation error is still returned after authentication, as for the other routes.
+    let parsed = parse_create(app, &bytes);
+    // A valid body also takes its derivation index in the statement that checks the key.
+    let also = match &parsed {
+        Ok(new_payment) => Also::NextIndex {
+            family: new_payment.chain.family,
+            scope: WRITE,
+        },
+        Err(_) => Also::Nothing,
+    };
     let mut conn = app.pool.get()?;
-    let (mut transaction, statements, key) = begin(app, &mut conn, request, context, WRITE)?;
+    let (mut transaction, statements, key) = begin(app, &mut conn, request, context, WRITE, also)?;
 
-    let new_payment = parse_create(app, &bytes)?;
+    let new_payment = parsed?;
+    let index = key.next_index.ok_or_else(|| {
+        ApiError::Internal("the key check returned no derivation index".to_owned())
+    })?;
     let audit = context.event(&key, "payment.created", Outcome::Success);
     let payment = store::create(
         &mut transaction,
         statements,
         &app.wallet,
         &new_payment,
+        index,
         &audit,
     )
     .map_err(store_error)?;
@@ -147,7 +172,8 @@ pub fn get(
     id: &str,
 ) -> Result<Response, ApiError> {
     let mut conn = app.pool.get()?;
-    let (mut transaction, statements, key) = begin(app, &mut conn, request, context, READ)?;
+    let (mut transaction, statements, key) =
+        begin(app, &mut conn, request, context, READ, Also::Nothing)?;
 
     super::strict_query(request, &[])?;
     let path_id = id;
@@ -201,7 +227,8 @@ pub fn list(app: &App, request: &Request, context: &RequestContext) -> Result<Re
             .map_err(ApiError::InvalidQuery)
         });
     let mut conn = app.pool.get()?;
-    let (mut transaction, statements, _) = begin(app, &mut conn, request, context, READ)?;
+    let (mut transaction, statements, _) =
+        begin(app, &mut conn, request, context, READ, Also::Nothing)?;
 
     let query = query?;
     let page = store::list(&mut transaction, statements, &query).map_err(store_error)?;
@@ -220,7 +247,8 @@ pub fn erase(
     id: &str,
 ) -> Result<Response, ApiError> {
     let mut conn = app.pool.get()?;
-    let (mut transaction, statements, key) = begin(app, &mut conn, request, context, ERASE)?;
+    let (mut transaction, statements, key) =
+        begin(app, &mut conn, request, context, ERASE, Also::Nothing)?;
 
     super::strict_query(request, &[])?;
     let path_id = id;

@@ -1,9 +1,10 @@
 //! SQL for payments. Every statement binds its parameters and is prepared once per session.
 //!
-//! A create is one transaction: take the next index of the family's sequence, derive the
-//! address in memory, then insert the address and the payment in one statement. The
-//! sequence, not process memory, hands out indexes, so concurrent requests and several
-//! processes never share one.
+//! A create is one transaction: the statement that checks the API key also takes the next
+//! index of the family's sequence (`apikeys::Also`), the address is derived in memory, and
+//! one statement inserts the address, the payment and the audit row. The sequence, not
+//! process memory, hands out indexes, so concurrent requests and several processes never
+//! share one.
 
 use postgres::{GenericClient, Row};
 use uuid::Uuid;
@@ -13,7 +14,7 @@ use postgres::Transaction;
 
 use crate::audit::Event;
 use crate::db::pool::StatementCache;
-use crate::wallet::{DeriveError, Family, Wallet};
+use crate::wallet::{DeriveError, Wallet};
 
 /// A failure to store or read a payment.
 #[derive(Debug, thiserror::Error)]
@@ -25,9 +26,6 @@ pub enum StoreError {
     #[error("no payment with id {0}")]
     CursorNotFound(Uuid),
 }
-
-const NEXT_EVM_INDEX: &str = "SELECT nextval('ctrip.deposit_index_evm')::integer";
-const NEXT_SOLANA_INDEX: &str = "SELECT nextval('ctrip.deposit_index_solana')::integer";
 
 /// Inserts the address, the payment and its audit row in one statement, one round trip. The
 /// audit row goes in pending, and the server's chainer chains it after the commit.
@@ -89,20 +87,20 @@ const CURSOR_POSITION: &str = "SELECT created_at FROM ctrip.payments WHERE id = 
 
 const PAYMENT_MERCHANT: &str = "SELECT ctrip.payment_merchant($1)";
 
-/// Creates the payment, its deposit address and its audit row in `transaction`, which must
-/// carry the merchant context of `audit` (see `apikeys::authenticate`).
+/// Creates the payment, its deposit address at derivation `index` and its audit row in
+/// `transaction`, which must carry the merchant context of `audit` (see
+/// `apikeys::authenticate`). `index` must be newly taken from the family's sequence.
 pub fn create(
     transaction: &mut Transaction<'_>,
     statements: &mut StatementCache,
     wallet: &Wallet,
     new: &NewPayment,
+    index: i32,
     audit: &Event,
 ) -> Result<Payment, StoreError> {
     let id = Uuid::now_v7();
     let family = new.chain.family;
 
-    let next_index = statements.get(transaction, next_index_sql(family))?;
-    let index: i32 = transaction.query_one(&next_index, &[])?.get(0);
     let derived = wallet.derive(family, index as u32)?;
 
     let insert = statements.get(transaction, INSERT_PAYMENT)?;
@@ -143,13 +141,6 @@ pub fn create(
         reference: new.reference.clone(),
         metadata: new.metadata.clone(),
     })
-}
-
-fn next_index_sql(family: Family) -> &'static str {
-    match family {
-        Family::Evm => NEXT_EVM_INDEX,
-        Family::Solana => NEXT_SOLANA_INDEX,
-    }
 }
 
 /// Returns the payment with `id` if the current merchant may see it.

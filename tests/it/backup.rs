@@ -239,7 +239,9 @@ fn restored_database_keeps_roles_and_policies() {
                     (SELECT pg_get_userbyid(relowner)::text FROM pg_class
                      WHERE oid = 'ctrip.payments'::regclass),
                     (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ctrip.audit_events'::regclass
-                     AND NOT tgisinternal)",
+                     AND NOT tgisinternal),
+                    has_column_privilege('ctrip_app', 'ctrip.audit_events', 'id', 'INSERT'),
+                    has_column_privilege('ctrip_app', 'ctrip.audit_events', 'action', 'INSERT')",
             &[],
         )
         .unwrap();
@@ -260,8 +262,13 @@ fn restored_database_keeps_roles_and_policies() {
         )
         .unwrap()
         .get(0);
-    assert!(source_triggers >= 3, "{source_triggers}");
+    assert!(source_triggers >= 2, "{source_triggers}");
     assert_eq!(row.get::<_, i64>(4), source_triggers, "audit triggers");
+    assert!(!row.get::<_, bool>(5), "ctrip_app may choose audit ids");
+    assert!(
+        row.get::<_, bool>(6),
+        "ctrip_app lost INSERT on audit events"
+    );
     let mut restored_config = base_config(&target);
     set(&mut restored_config, "server", "listen", "127.0.0.1:0");
     let config = parse_config(&restored_config).unwrap();

@@ -138,7 +138,10 @@ fn connection_failures_summarized_in_audit() {
         )
         .unwrap(),
     );
-    let pool = ctrip::db::pool::build(&config, ctrip::db::pool::Manager::new(params, tls));
+    let pool = ctrip::db::pool::build(
+        &config,
+        ctrip::db::pool::Manager::new(params, tls, Duration::ZERO),
+    );
 
     owner.batch_execute(&revoke).unwrap();
     let refused = pool.get().is_err();

@@ -227,6 +227,44 @@ fn runtime_role_updates_only_personal_columns() {
 }
 
 #[test]
+fn final_at_set_on_insert_only_for_final_states() {
+    let app = TestApp::start();
+    let (first, _, _) = personal_payment(&app, &app.key);
+    let mut owner = app.db.owner();
+    let insert = "WITH original AS (SELECT * FROM ctrip.payments WHERE id = $1::text::uuid),
+                       address AS (
+                      INSERT INTO ctrip.deposit_addresses
+                          (merchant_id, family, derivation_index, derivation_path, address)
+                      SELECT merchant_id, 'evm', $2::integer, 'm/44''/60''/0''/0/' || $2::integer,
+                             '0x' || $2::integer
+                      FROM original RETURNING id)
+                  INSERT INTO ctrip.payments (id, merchant_id, chain, deposit_address_id, amount,
+                                              expires_at, status, final_at)
+                  SELECT gen_random_uuid(), o.merchant_id, o.chain, address.id, 5, o.expires_at,
+                         $3, $4::text::timestamptz
+                  FROM original o, address
+                  RETURNING status, final_at IS NOT NULL";
+    let cases = [
+        (900001, "expired", None, true),
+        (900002, "pending", Some("2020-01-01 00:00:00+00"), false),
+        (900003, "pending", None, false),
+    ];
+
+    let mut rows = Vec::new();
+    for (index, status, final_at, _) in cases {
+        let row = owner
+            .query_one(insert, &[&first, &index, &status, &final_at])
+            .unwrap();
+        rows.push((row.get::<_, String>(0), row.get::<_, bool>(1)));
+    }
+
+    for ((_, status, _, expected), (stored, has_final_at)) in cases.iter().zip(&rows) {
+        assert_eq!(stored, status);
+        assert_eq!(has_final_at, expected, "status {status}");
+    }
+}
+
+#[test]
 fn cli_erase_by_reference_and_id() {
     let app = TestApp::start();
     let (first, reference, email) = personal_payment(&app, &app.key);

@@ -272,6 +272,109 @@ fn merchant_context_fails_closed() {
 }
 
 #[test]
+fn merchant_context_ends_with_its_transaction() {
+    let app = TestApp::start();
+    app.post(
+        "/api/v1/payments",
+        r#"{"chain": "ethereum", "amount": "1"}"#,
+    );
+    let prefix = &app.key[..14];
+    let key_hash = sha2_of(&app.key);
+    let begin = "SELECT merchant_id FROM ctrip.begin_request($1, $2)";
+    let mut runtime = app.db.runtime();
+
+    let mut first = runtime.transaction().unwrap();
+    let merchant: uuid::Uuid = first
+        .query_one(begin, &[&prefix, &key_hash])
+        .unwrap()
+        .get(0);
+    let in_first = visible_payments(&mut first);
+    first.commit().unwrap();
+    // The next transaction on the same session forges the setting and writes, so it has a
+    // transaction id of its own, which the stored context does not carry.
+    let mut later = runtime.transaction().unwrap();
+    later
+        .execute(
+            "SELECT set_config('ctrip.merchant_id', $1, true), pg_current_xact_id()",
+            &[&merchant.to_string()],
+        )
+        .unwrap();
+    let in_later = visible_payments(&mut later);
+    later.rollback().unwrap();
+    let mut rolled_back = runtime.transaction().unwrap();
+    rolled_back.batch_execute("SAVEPOINT before").unwrap();
+    rolled_back.query_one(begin, &[&prefix, &key_hash]).unwrap();
+    rolled_back
+        .batch_execute("ROLLBACK TO SAVEPOINT before")
+        .unwrap();
+    rolled_back
+        .execute(
+            "SELECT set_config('ctrip.merchant_id', $1, true), pg_current_xact_id()",
+            &[&merchant.to_string()],
+        )
+        .unwrap();
+    let after_rollback = visible_payments(&mut rolled_back);
+    let began_again = rolled_back.query(begin, &[&prefix, &key_hash]).unwrap();
+    let after_second_begin = visible_payments(&mut rolled_back);
+    rolled_back.rollback().unwrap();
+
+    assert_eq!(in_first, 1);
+    assert_eq!(in_later, 0);
+    assert_eq!(after_rollback, 0);
+    assert_eq!(began_again.len(), 1);
+    assert_eq!(after_second_begin, 1);
+}
+
+#[test]
+fn runtime_role_cannot_choose_audit_ids_or_hashes() {
+    let db = TestDb::migrated();
+    let mut runtime = db.runtime();
+
+    let mut refusals = Vec::new();
+    for column in ["id", "prev_hash", "hash"] {
+        let value = if column == "id" { "1" } else { "sha256('')" };
+        let err = runtime
+            .batch_execute(&format!(
+                "INSERT INTO ctrip.audit_events ({column}, actor_type, action, outcome)
+                 VALUES ({value}, 'system', 'test.forged', 'success')"
+            ))
+            .unwrap_err();
+        refusals.push((column, err));
+    }
+    runtime
+        .batch_execute(
+            "INSERT INTO ctrip.audit_events (actor_type, action, outcome)
+             VALUES ('system', 'test.plain', 'success')",
+        )
+        .unwrap();
+    let pending_id: i64 = db
+        .owner()
+        .query_one(
+            "SELECT id FROM ctrip.audit_events WHERE action = 'test.plain'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+
+    for (column, err) in &refusals {
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{column}: {err}"
+        );
+        assert!(
+            crate::harness::error_text(err).contains("permission denied for table audit_events"),
+            "{column}: {err}"
+        );
+    }
+    assert!(pending_id < 0, "{pending_id}");
+    assert_eq!(db.chain_audit(), 1);
+    assert!(ctrip::audit::verify::verify(&mut db.owner(), &[])
+        .unwrap()
+        .is_ok());
+}
+
+#[test]
 fn wrong_key_hash_sets_no_context() {
     let app = TestApp::start();
     app.post(
