@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, Statement, Transaction};
 use r2d2::{HandleError, ManageConnection};
 
@@ -35,6 +34,11 @@ impl PgConn {
     ) -> Result<(Transaction<'_>, &mut StatementCache), postgres::Error> {
         let transaction = self.client.transaction()?;
         Ok((transaction, &mut self.statements))
+    }
+
+    /// Returns whether the connection has closed, as it does after the server ends the session.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
     }
 
     /// Returns the session and its statement cache, for reads that need no transaction.
@@ -157,21 +161,13 @@ impl ManageConnection for Manager {
             });
         }
         // A session that finished a request a moment ago skips the round trip, as HikariCP's
-        // alive-bypass window does. Reading what has arrived still catches a session that the
-        // server ended since: it sends its error and closes, and the read returns both. A
-        // zero timeout lets the client's event loop look at the socket once without waiting.
+        // alive-bypass window does. Should the server have ended it since, the request's
+        // BEGIN fails, and `http::payments::with_transaction` retries on another session.
         if conn
             .returned_at
             .is_some_and(|at| at.elapsed() < self.skip_test_within)
         {
-            let pending = conn
-                .client
-                .notifications()
-                .timeout_iter(Duration::ZERO)
-                .next();
-            if pending.is_ok() && !conn.client.is_closed() {
-                return Ok(());
-            }
+            return Ok(());
         }
         conn.client.is_valid(self.check_timeout).map_err(|source| {
             PoolError::Connect(ConnectError {
@@ -188,7 +184,8 @@ impl ManageConnection for Manager {
         })
     }
 
-    /// Called by r2d2 when a session comes back; a healthy one is stamped for `is_valid`.
+    /// Reports whether a session coming back to the pool is broken, and stamps a healthy one
+    /// for `is_valid`.
     fn has_broken(&self, conn: &mut PgConn) -> bool {
         let broken = conn.client.is_closed() || conn.generation != self.tls.current().generation;
         conn.returned_at = (!broken).then(Instant::now);

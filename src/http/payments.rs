@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::{body, App, RequestContext};
 use crate::apikeys::{self, Also, AuthenticatedKey};
 use crate::audit::{self, ActorType, Event, Outcome};
-use crate::db::pool::{PgConn, StatementCache};
+use crate::db::pool::StatementCache;
 use crate::payments::store::{self, StoreError};
 use crate::payments::{CreatePaymentRequest, ErasedPayment, FieldError, ListQuery, NewPayment};
 use crate::retention;
@@ -71,32 +71,57 @@ fn authorize(
     Ok(Ok(key))
 }
 
-/// Opens the request's transaction and authorizes it for `scope`. A denial commits its
-/// audit row before returning the 401 or 403.
-fn begin<'a>(
+/// Borrows a session, opens the request's transaction, authorizes it for `scope`, and runs
+/// `handler` in it. A denial commits its audit row and returns the 401 or 403.
+///
+/// A session that the server ended while it sat in the pool fails at BEGIN, because the pool
+/// skips its check for sessions returned moments ago. Nothing has run in it then, so the
+/// request retries once on another session.
+fn with_transaction<T>(
     app: &App,
-    conn: &'a mut PgConn,
     request: &Request,
     context: &RequestContext,
     scope: &'static str,
     also: Also,
-) -> Result<(Transaction<'a>, &'a mut StatementCache, AuthenticatedKey), ApiError> {
-    let (mut transaction, statements) = conn.transaction()?;
-    match authorize(
-        app,
-        &mut transaction,
-        statements,
-        request,
-        context,
-        scope,
-        also,
-    )? {
-        Ok(key) => Ok((transaction, statements, key)),
-        Err(denied) => {
-            transaction.commit()?;
-            Err(denied)
+    handler: impl FnOnce(Transaction<'_>, &mut StatementCache, AuthenticatedKey) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let proceed = |mut transaction: Transaction<'_>,
+                   statements: &mut StatementCache|
+     -> Result<T, ApiError> {
+        match authorize(
+            app,
+            &mut transaction,
+            statements,
+            request,
+            context,
+            scope,
+            also,
+        )? {
+            Ok(key) => handler(transaction, statements, key),
+            Err(denied) => {
+                transaction.commit()?;
+                Err(denied)
+            }
         }
+    };
+
+    let mut conn = app.pool.get()?;
+    let lost = match conn.transaction() {
+        Ok((transaction, statements)) => return proceed(transaction, statements),
+        Err(err) => err,
+    };
+    if !conn.is_closed() {
+        return Err(lost.into());
     }
+    log::warn!(
+        "request_id={} the pooled session was closed by the server ({lost}), so the request \
+         continues on another session",
+        context.request_id
+    );
+    drop(conn);
+    let mut conn = app.pool.get()?;
+    let (transaction, statements) = conn.transaction()?;
+    proceed(transaction, statements)
 }
 
 /// Parses a payment id from the path; a malformed one is 404, like an unknown one.
@@ -129,29 +154,35 @@ pub fn create(
         },
         Err(_) => Also::Nothing,
     };
-    let mut conn = app.pool.get()?;
-    let (mut transaction, statements, key) = begin(app, &mut conn, request, context, WRITE, also)?;
+    with_transaction(
+        app,
+        request,
+        context,
+        WRITE,
+        also,
+        |mut transaction, statements, key| {
+            let new_payment = parsed?;
+            let index = key.next_index.ok_or_else(|| {
+                ApiError::Internal("the key check returned no derivation index".to_owned())
+            })?;
+            let audit = context.event(&key, "payment.created", Outcome::Success);
+            let payment = store::create(
+                &mut transaction,
+                statements,
+                &app.wallet,
+                &new_payment,
+                index,
+                &audit,
+            )
+            .map_err(store_error)?;
+            transaction.commit()?;
 
-    let new_payment = parsed?;
-    let index = key.next_index.ok_or_else(|| {
-        ApiError::Internal("the key check returned no derivation index".to_owned())
-    })?;
-    let audit = context.event(&key, "payment.created", Outcome::Success);
-    let payment = store::create(
-        &mut transaction,
-        statements,
-        &app.wallet,
-        &new_payment,
-        index,
-        &audit,
+            let location = format!("/api/v1/payments/{}", payment.id);
+            Ok(Response::json(&payment)
+                .with_status_code(201)
+                .with_additional_header("Location", location))
+        },
     )
-    .map_err(store_error)?;
-    transaction.commit()?;
-
-    let location = format!("/api/v1/payments/{}", payment.id);
-    Ok(Response::json(&payment)
-        .with_status_code(201)
-        .with_additional_header("Location", location))
 }
 
 fn parse_create(app: &App, bytes: &[u8]) -> Result<NewPayment, ApiError> {
@@ -171,21 +202,26 @@ pub fn get(
     context: &RequestContext,
     id: &str,
 ) -> Result<Response, ApiError> {
-    let mut conn = app.pool.get()?;
-    let (mut transaction, statements, key) =
-        begin(app, &mut conn, request, context, READ, Also::Nothing)?;
-
-    super::strict_query(request, &[])?;
-    let path_id = id;
-    let id = payment_id(path_id)?;
-    let payment = store::get(&mut transaction, statements, id).map_err(store_error)?;
-    if payment.is_none() {
-        audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
-    }
-    transaction.commit()?;
-    payment
-        .map(|payment| Response::json(&payment))
-        .ok_or_else(|| not_found(path_id))
+    with_transaction(
+        app,
+        request,
+        context,
+        READ,
+        Also::Nothing,
+        |mut transaction, statements, key| {
+            super::strict_query(request, &[])?;
+            let path_id = id;
+            let id = payment_id(path_id)?;
+            let payment = store::get(&mut transaction, statements, id).map_err(store_error)?;
+            if payment.is_none() {
+                audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
+            }
+            transaction.commit()?;
+            payment
+                .map(|payment| Response::json(&payment))
+                .ok_or_else(|| not_found(path_id))
+        },
+    )
 }
 
 /// Records a read of another merchant's payment id. The response stays 404, so ids of other
@@ -226,14 +262,19 @@ pub fn list(app: &App, request: &Request, context: &RequestContext) -> Result<Re
             )
             .map_err(ApiError::InvalidQuery)
         });
-    let mut conn = app.pool.get()?;
-    let (mut transaction, statements, _) =
-        begin(app, &mut conn, request, context, READ, Also::Nothing)?;
-
-    let query = query?;
-    let page = store::list(&mut transaction, statements, &query).map_err(store_error)?;
-    transaction.commit()?;
-    Ok(Response::json(&page))
+    with_transaction(
+        app,
+        request,
+        context,
+        READ,
+        Also::Nothing,
+        |mut transaction, statements, _| {
+            let query = query?;
+            let page = store::list(&mut transaction, statements, &query).map_err(store_error)?;
+            transaction.commit()?;
+            Ok(Response::json(&page))
+        },
+    )
 }
 
 /// `POST /api/v1/payments/{id}/erase`: erases the payment's personal fields (reference and
@@ -246,33 +287,38 @@ pub fn erase(
     context: &RequestContext,
     id: &str,
 ) -> Result<Response, ApiError> {
-    let mut conn = app.pool.get()?;
-    let (mut transaction, statements, key) =
-        begin(app, &mut conn, request, context, ERASE, Also::Nothing)?;
-
-    super::strict_query(request, &[])?;
-    let path_id = id;
-    let id = payment_id(path_id)?;
-    let Some(erased) = retention::erase_payment(&mut transaction, statements, id)? else {
-        audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
-        transaction.commit()?;
-        return Err(not_found(path_id));
-    };
-    let event = context
-        .event(&key, "payment.erased", Outcome::Success)
-        .object("payment", id.to_string())
-        .details(retention::erase_details(&erased, "id"));
-    audit::record_cached(&mut transaction, statements, &event)?;
-    transaction.commit()?;
-    Ok(Response::json(&ErasedPayment {
-        id,
-        erased_at: crate::payments::format_time(erased.erased_at),
-        erased_fields: retention::PERSONAL_FIELDS
-            .iter()
-            .map(|f| (*f).to_owned())
-            .collect(),
-        already_erased: erased.already_erased,
-    }))
+    with_transaction(
+        app,
+        request,
+        context,
+        ERASE,
+        Also::Nothing,
+        |mut transaction, statements, key| {
+            super::strict_query(request, &[])?;
+            let path_id = id;
+            let id = payment_id(path_id)?;
+            let Some(erased) = retention::erase_payment(&mut transaction, statements, id)? else {
+                audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
+                transaction.commit()?;
+                return Err(not_found(path_id));
+            };
+            let event = context
+                .event(&key, "payment.erased", Outcome::Success)
+                .object("payment", id.to_string())
+                .details(retention::erase_details(&erased, "id"));
+            audit::record_cached(&mut transaction, statements, &event)?;
+            transaction.commit()?;
+            Ok(Response::json(&ErasedPayment {
+                id,
+                erased_at: crate::payments::format_time(erased.erased_at),
+                erased_fields: retention::PERSONAL_FIELDS
+                    .iter()
+                    .map(|f| (*f).to_owned())
+                    .collect(),
+                already_erased: erased.already_erased,
+            }))
+        },
+    )
 }
 
 fn store_error(err: StoreError) -> ApiError {
