@@ -1,14 +1,14 @@
 -- Less database work per request, with the same rules.
 --
 -- Profiling creates at 32 clients showed a quarter of the backends' time in plpgsql functions
--- that run on every request: begin_request() inserting into a temporary table that PostgreSQL
--- truncates at every COMMIT, and two BEFORE INSERT triggers that, for an ordinary create, only
--- fill in what a column default can.
+-- that run on every request. begin_request() inserted into a temporary table that PostgreSQL
+-- truncates at every COMMIT. Two BEFORE INSERT triggers ran on every create, although for an
+-- ordinary one they only set what a column default can.
 
 -- The request context. begin_request() used to insert a row into a temporary table emptied at
 -- every commit, and each truncation also sends an invalidation message to every backend. Now
--- each session keeps one row, owned by ctrip_owner like the old table, that begin_request()
--- stamps with the transaction's id. current_merchant() accepts the row only in the
+-- each session keeps one row, in a table owned by ctrip_owner like the old one, which
+-- begin_request() stamps with the transaction's id. current_merchant() accepts the row only in the
 -- transaction that stamped it, so the context still ends with the transaction, and a rolled
 -- back stamp reverts to an older, non-matching one.
 CREATE OR REPLACE FUNCTION ctrip.begin_request(p_prefix text, p_key_hash bytea)
@@ -32,16 +32,16 @@ BEGIN
     IF NOT key.revoked THEN
         IF to_regclass('pg_temp.ctrip_request_context') IS NULL THEN
             CREATE TEMPORARY TABLE ctrip_request_context (
-                merchant_id uuid NOT NULL,
-                key_id      uuid NOT NULL,
-                xact        xid8 NOT NULL
+                merchant_id    uuid NOT NULL,
+                key_id         uuid NOT NULL,
+                transaction_id xid8 NOT NULL
             );
             INSERT INTO pg_temp.ctrip_request_context
             VALUES (key.merchant_id, key.id, pg_current_xact_id());
         ELSE
             UPDATE pg_temp.ctrip_request_context c
-            SET merchant_id = key.merchant_id, key_id = key.id, xact = pg_current_xact_id()
-            WHERE c.xact <> pg_current_xact_id();
+            SET merchant_id = key.merchant_id, key_id = key.id, transaction_id = pg_current_xact_id()
+            WHERE c.transaction_id <> pg_current_xact_id();
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'the request context is already set in this transaction'
                     USING ERRCODE = 'insufficient_privilege';
@@ -73,7 +73,7 @@ BEGIN
     END IF;
     RETURN (
         SELECT c.merchant_id FROM pg_temp.ctrip_request_context c
-        WHERE c.xact = pg_current_xact_id_if_assigned()
+        WHERE c.transaction_id = pg_current_xact_id_if_assigned()
           AND c.merchant_id::text = current_setting('ctrip.merchant_id', true)
     );
 END

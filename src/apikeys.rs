@@ -197,16 +197,16 @@ pub struct AuthenticatedKey {
     pub merchant_id: Uuid,
     pub prefix: String,
     pub scopes: Vec<String>,
-    /// The derivation index taken by the same statement, when [`Also::NextIndex`] asked for
-    /// one and the key holds its scope.
+    /// The derivation index taken by the same statement, when [`Also::NextIndex`] requested
+    /// one and the key has its scope.
     pub next_index: Option<i32>,
 }
 
-/// What the statement that checks the key also does.
+/// Extra work for the statement that checks the key.
 #[derive(Debug, Clone, Copy)]
 pub enum Also {
     Nothing,
-    /// Takes the next derivation index of `family` when the key holds `scope`. A create needs
+    /// Takes the next derivation index of `family` when the key has `scope`. A create needs
     /// one right after the check, and taking it here saves a round trip.
     NextIndex {
         family: Family,
@@ -257,7 +257,7 @@ impl AuthFailure {
 }
 
 /// The key check, and its variants that also take an index from a family's sequence when
-/// the key is unrevoked and holds the scope `$3`.
+/// the key is unrevoked and has the scope `$3`.
 macro_rules! begin_request {
     ($index:expr) => {
         concat!(
