@@ -103,7 +103,7 @@ struct EnvSecrets {
 pub struct ServerConfig {
     /// Address and port the HTTP API listens on.
     pub listen: String,
-    /// Worker threads that run request handlers.
+    /// Worker threads that run request handlers; by default one per CPU core, at least two.
     pub workers: usize,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
@@ -118,7 +118,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "127.0.0.1:8080".to_owned(),
-            workers: 8,
+            workers: default_workers(),
             max_body_bytes: 64 * 1024,
             shutdown_timeout_s: 20,
             migrate_on_start: true,
@@ -214,9 +214,20 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// One worker per CPU core, at least two. With PostgreSQL on the same machine each request
+/// keeps a backend busy while its worker waits, so the two share the cores.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2))
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
+    /// `max_size` as written in the file, if it is.
+    #[serde(rename = "max_size")]
+    max_size_setting: Option<u32>,
+    /// Sessions for requests: `max_size` from the file, or else `server.workers`.
+    #[serde(skip)]
     pub max_size: u32,
     pub min_idle: u32,
     pub connection_timeout_ms: u64,
@@ -231,7 +242,8 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            max_size: 8,
+            max_size_setting: None,
+            max_size: u32::try_from(default_workers()).unwrap_or(u32::MAX),
             min_idle: 2,
             connection_timeout_ms: 2000,
             max_lifetime_s: 1800,
@@ -434,6 +446,10 @@ impl Config {
                 .unwrap_or(0),
             message: err.message().replace('\n', " "),
         })?;
+        config.pool.max_size = config
+            .pool
+            .max_size_setting
+            .unwrap_or_else(|| u32::try_from(config.server.workers).unwrap_or(u32::MAX));
         config.origin = path.display().to_string();
         config.base_dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
@@ -1144,6 +1160,31 @@ decimals = 18
             err.to_string().contains("CTRIP_DATABASE_PORT=\"http\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn pool_size_follows_workers_unless_set() {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+
+        let defaults = parse(MINIMAL).unwrap();
+        let workers_set = parse(&replace(
+            MINIMAL,
+            "[database]",
+            "[server]\nworkers = 5\n[database]",
+        ))
+        .unwrap();
+        let both_set = parse(&replace(
+            MINIMAL,
+            "[database]",
+            "[server]\nworkers = 5\n[pool]\nmax_size = 7\n[database]",
+        ))
+        .unwrap();
+
+        assert_eq!(defaults.server.workers, cores);
+        assert_eq!(defaults.pool.max_size as usize, cores);
+        assert_eq!(workers_set.pool.max_size, 5);
+        assert_eq!(both_set.server.workers, 5);
+        assert_eq!(both_set.pool.max_size, 7);
     }
 
     #[test]

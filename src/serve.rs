@@ -87,8 +87,21 @@ pub fn start(config: &Config) -> anyhow::Result<Running> {
         )
     })?;
 
+    let mut background_config = config.pool.clone();
+    background_config.max_size = 1;
+    background_config.min_idle = 1;
+    let background = pool::build(
+        &background_config,
+        pool::Manager::new(
+            runtime_params.clone(),
+            tls.clone(),
+            config.pool.skip_test_within(),
+        ),
+    );
+
     let app = Arc::new(App {
         pool,
+        background,
         tls,
         wallet,
         chains,
@@ -284,12 +297,12 @@ fn audit_chainer(app: Arc<App>) -> impl FnMut(bool) + Send + 'static {
     }
 }
 
-/// Runs `task` on a pooled session, for the background tasks.
+/// Runs `task` on the background tasks' session.
 fn with_pooled_client<T>(
     app: &App,
     task: impl FnOnce(&mut postgres::Client) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let mut conn = app.pool.get()?;
+    let mut conn = app.background.get()?;
     let (client, _) = conn.parts();
     task(client)
 }

@@ -32,6 +32,9 @@ use error::ApiError;
 /// Everything request handlers share, built once at start-up.
 pub struct App {
     pub pool: Pool,
+    /// One session for the background tasks (audit chaining, checkpoints), so that they never
+    /// take a session that a request is waiting for.
+    pub background: Pool,
     pub tls: Arc<SharedTls>,
     pub wallet: Wallet,
     pub chains: ChainRegistry,

@@ -122,12 +122,10 @@ fn connection_failures_summarized_in_audit() {
     let mut owner = app.db.owner();
     let revoke = format!("REVOKE CONNECT ON DATABASE {} FROM ctrip_app", app.db.name);
     let grant = format!("GRANT CONNECT ON DATABASE {} TO ctrip_app", app.db.name);
-    let config = ctrip::config::PoolConfig {
-        max_size: 2,
-        min_idle: 0,
-        connection_timeout_ms: 500,
-        ..Default::default()
-    };
+    let mut config = ctrip::config::PoolConfig::default();
+    config.max_size = 2;
+    config.min_idle = 0;
+    config.connection_timeout_ms = 500;
     let params = ctrip::db::ConnectParams::runtime(
         &crate::harness::parse_config(&crate::harness::base_config(&app.db)).unwrap(),
     )
