@@ -9,7 +9,7 @@ SHELL := /bin/bash
 help:
 	@echo "make run       set up certs, a local TLS-only PostgreSQL and ctrip, then serve on 127.0.0.1:8080"
 	@echo "make test      run every test against a throw-away TLS PostgreSQL cluster"
-	@echo "make bench     benchmark the API and pgbench on a throw-away cluster (about 6 min), rewrite BENCHMARKS.md"
+	@echo "make bench     benchmark the API and pgbench on a throw-away cluster (about 14 min), rewrite BENCHMARKS.md"
 	@echo "make stop      stop the make run PostgreSQL cluster"
 	@echo "make certs     create development certificates in certs/ (kept if present)"
 	@echo "make clean-db  stop and delete the make run cluster and its secrets (certs/ is kept)"

@@ -44,7 +44,7 @@ fn runtime_role_cannot_change_schema() {
         "SELECT key_hash FROM ctrip.api_keys",
         "INSERT INTO ctrip.merchants (id, name) VALUES (gen_random_uuid(), 'mine')",
         "CREATE TEMPORARY TABLE scratch (id int)",
-        "SELECT * FROM pg_temp.ctrip_request",
+        "SELECT * FROM pg_temp.ctrip_request_context",
     ];
 
     for sql in cases {
@@ -301,6 +301,12 @@ fn merchant_context_ends_with_its_transaction() {
         .unwrap();
     let in_later = visible_payments(&mut later);
     later.rollback().unwrap();
+    // The context table exists in this session now, and still belongs to ctrip_owner.
+    let restamp = runtime
+        .batch_execute(
+            "UPDATE pg_temp.ctrip_request_context SET transaction_id = pg_current_xact_id()",
+        )
+        .unwrap_err();
     let mut rolled_back = runtime.transaction().unwrap();
     rolled_back.batch_execute("SAVEPOINT before").unwrap();
     rolled_back.query_one(begin, &[&prefix, &key_hash]).unwrap();
@@ -320,6 +326,11 @@ fn merchant_context_ends_with_its_transaction() {
 
     assert_eq!(in_first, 1);
     assert_eq!(in_later, 0);
+    assert_eq!(
+        restamp.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{restamp}"
+    );
     assert_eq!(after_rollback, 0);
     assert_eq!(began_again.len(), 1);
     assert_eq!(after_second_begin, 1);
