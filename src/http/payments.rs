@@ -76,7 +76,7 @@ fn authorize(
 ///
 /// A session that the server ended while it sat in the pool fails at BEGIN, because the pool
 /// skips its check for sessions returned moments ago. Nothing has run in it then, so the
-/// request retries once on another session.
+/// request retries on another session, as long as the failed one is closed.
 fn with_transaction<T>(
     app: &App,
     request: &Request,
@@ -105,23 +105,26 @@ fn with_transaction<T>(
         }
     };
 
-    let mut conn = app.pool.get()?;
-    let lost = match conn.transaction() {
-        Ok((transaction, statements)) => return proceed(transaction, statements),
-        Err(err) => err,
-    };
-    if !conn.is_closed() {
-        return Err(lost.into());
+    // A database restart ends every pooled session at once, and each is found out only by
+    // its BEGIN, so a request may go through every session in the pool before a new one.
+    let mut retries_left = app.pool.max_size();
+    loop {
+        let mut conn = app.pool.get()?;
+        let lost = match conn.transaction() {
+            Ok((transaction, statements)) => return proceed(transaction, statements),
+            Err(err) => err,
+        };
+        if !conn.is_closed() || retries_left == 0 {
+            return Err(lost.into());
+        }
+        retries_left -= 1;
+        log::warn!(
+            "request_id={} a pooled session was closed by the server ({}), so the request \
+             continues on another session",
+            context.request_id,
+            crate::db::error_chain(&lost)
+        );
     }
-    log::warn!(
-        "request_id={} the pooled session was closed by the server ({lost}), so the request \
-         continues on another session",
-        context.request_id
-    );
-    drop(conn);
-    let mut conn = app.pool.get()?;
-    let (transaction, statements) = conn.transaction()?;
-    proceed(transaction, statements)
 }
 
 /// Parses a payment id from the path; a malformed one is 404, like an unknown one.

@@ -154,3 +154,36 @@ fn connection_failures_summarized_in_audit() {
         .get(0);
     assert!(details.parse::<u32>().unwrap() >= 1, "{details}");
 }
+
+#[test]
+fn every_dead_session_replaced_within_one_create() {
+    let app = TestApp::start_with(|config| {
+        set(config, "pool", "max_size", 2);
+        set(config, "pool", "min_idle", 2);
+    });
+    let body = r#"{"chain": "ethereum", "amount": "1"}"#;
+    assert_eq!(app.post("/api/v1/payments", body).status, 201);
+    assert_eq!(app.post("/api/v1/payments", body).status, 201);
+    let mut admin = cluster().connect("ctrip_admin", "postgres");
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND usename = 'ctrip_runtime'",
+            &[&app.db.name],
+        )
+        .unwrap()
+        .get(0);
+    std::thread::sleep(Duration::from_millis(50));
+
+    let reply = app.post("/api/v1/payments", body);
+
+    assert!(killed >= 2, "{killed}");
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let payments: i64 = app
+        .db
+        .owner()
+        .query_one("SELECT count(*) FROM ctrip.payments", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(payments, 3);
+}

@@ -488,6 +488,44 @@ fn owner_cannot_edit_pending_rows() {
 }
 
 #[test]
+fn owner_cannot_insert_chained_rows() {
+    let db = database_with_pending_row();
+    let mut owner = db.owner();
+
+    let mut refusals = Vec::new();
+    for (columns, values) in [
+        ("id", "1"),
+        ("id", "0"),
+        ("prev_hash", "sha256('')"),
+        ("hash", "sha256('')"),
+    ] {
+        let err = owner
+            .batch_execute(&format!(
+                "INSERT INTO ctrip.audit_events ({columns}, actor_type, action, outcome)
+                 VALUES ({values}, 'system', 'test.forged', 'success')"
+            ))
+            .unwrap_err();
+        refusals.push((columns, values, err));
+    }
+
+    for (column, value, err) in &refusals {
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{column} = {value}: {err}"
+        );
+        assert!(
+            crate::harness::error_text(err).contains("audit rows are inserted pending"),
+            "{column} = {value}: {err}"
+        );
+    }
+    assert_eq!(db.chain_audit(), 1);
+    assert!(ctrip::audit::verify::verify(&mut owner, &[])
+        .unwrap()
+        .is_ok());
+}
+
+#[test]
 fn unencodable_time_cannot_stop_chaining() {
     let db = database_with_pending_row();
     let mut runtime = db.runtime();
