@@ -214,8 +214,8 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// One worker per CPU core, at least two. With PostgreSQL on the same machine each request
-/// keeps a backend busy while its worker waits, so the two share the cores.
+/// Returns one worker per CPU core, at least two. With PostgreSQL on the same machine, each
+/// request keeps a backend busy while its worker waits, so the two share the cores.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(2, |cores| cores.get().max(2))
 }

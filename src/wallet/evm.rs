@@ -45,9 +45,10 @@ impl EvmAccount {
     /// an index of 2^31 or more, and with probability below 2^-127 when the
     /// child key is invalid.
     ///
-    /// This is CKDpub as in `XPub::derive_child`, with the tweak from the bip32 crate, but it
+    /// This is CKDpub as in `XPub::derive_child`, with the tweak from the bip32 crate. It
     /// multiplies the generator through k256's precomputed tables and skips the parent
-    /// fingerprint that an extended child key needs: about 25 µs per address instead of 48 µs.
+    /// fingerprint, which only an extended child key needs. That takes about 25 µs per
+    /// address instead of 48 µs.
     pub(super) fn child_public_key(&self, index: u32) -> Result<VerifyingKey, bip32::Error> {
         let child_number = ChildNumber::new(index, false)?;
         let (tweak, _) = self
