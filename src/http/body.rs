@@ -12,7 +12,7 @@ use rouille::Request;
 use serde_json::Value;
 
 use super::error::ApiError;
-use crate::payments::{json_type, Amount, FieldError};
+use crate::payments::{json_type, FieldError};
 
 /// Checks the content type and reads at most `limit` bytes of body.
 pub fn read_json_bytes(request: &Request, limit: usize) -> Result<Vec<u8>, ApiError> {
@@ -157,8 +157,14 @@ impl BodySchema {
         }
     }
 
-    /// Validates `value`, returning the most useful error.
-    pub fn validate(&self, value: &Value) -> Result<(), FieldError> {
+    /// Validates `value`, returning the most useful error. For a field that fails the schema,
+    /// `domain` may give the domain rule's own message, which can name limits the schema
+    /// does not know.
+    pub fn validate(
+        &self,
+        value: &Value,
+        domain: impl Fn(&str) -> Option<FieldError>,
+    ) -> Result<(), FieldError> {
         if !value.is_object() {
             return Err(FieldError::new(
                 "",
@@ -168,11 +174,15 @@ impl BodySchema {
         let errors: Vec<ValidationError> = self.validator.iter_errors(value).collect();
         match errors.iter().min_by_key(|err| rank(err, value)) {
             None => Ok(()),
-            Some(err) => Err(self.field_error(err, value)),
+            Some(err) => Err(self.field_error(err, domain)),
         }
     }
 
-    fn field_error(&self, err: &ValidationError, body: &Value) -> FieldError {
+    fn field_error(
+        &self,
+        err: &ValidationError,
+        domain: impl Fn(&str) -> Option<FieldError>,
+    ) -> FieldError {
         match err.kind() {
             ValidationErrorKind::AdditionalProperties { unexpected } => {
                 let field = unexpected.first().cloned().unwrap_or_default();
@@ -206,10 +216,8 @@ impl BodySchema {
             }
             _ => {
                 let field = top_field(err);
-                if field == "amount" {
-                    if let Some(Err(amount_err)) = body.get("amount").map(Amount::from_json) {
-                        return amount_err;
-                    }
+                if let Some(domain_err) = domain(&field) {
+                    return domain_err;
                 }
                 let mut message = format!("{field}: {err}");
                 if message.chars().count() > 300 {

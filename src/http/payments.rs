@@ -15,7 +15,10 @@ use crate::apikeys::{self, Also, AuthenticatedKey};
 use crate::audit::{self, ActorType, Event, Outcome};
 use crate::db::pool::StatementCache;
 use crate::payments::store::{self, StoreError};
-use crate::payments::{CreatePaymentRequest, ErasedPayment, FieldError, ListQuery, NewPayment};
+use crate::payments::{
+    parse_expires_in, Amount, CreatePaymentRequest, ErasedPayment, FieldError, ListQuery,
+    NewPayment,
+};
 use crate::retention;
 
 const READ: &str = "payments:read";
@@ -190,8 +193,13 @@ pub fn create(
 
 fn parse_create(app: &App, bytes: &[u8]) -> Result<NewPayment, ApiError> {
     let value = body::parse_json(bytes)?;
+    let domain = |field: &str| match field {
+        "amount" => value.get("amount").map(Amount::from_json)?.err(),
+        "expires_in" => parse_expires_in(value.get("expires_in"), &app.payments).err(),
+        _ => None,
+    };
     app.create_payment_schema
-        .validate(&value)
+        .validate(&value, domain)
         .map_err(ApiError::Validation)?;
     let parsed: CreatePaymentRequest = serde_json::from_value(value)
         .map_err(|err| ApiError::Validation(FieldError::new("", err.to_string())))?;

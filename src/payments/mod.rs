@@ -150,6 +150,12 @@ impl Amount {
         match value {
             serde_json::Value::String(text) => Amount::parse(text),
             serde_json::Value::Number(number) => {
+                if number.as_u64() == Some(0) {
+                    return Err(FieldError::new(
+                        "amount",
+                        "0 is zero: amounts are 1 or more base units",
+                    ));
+                }
                 if let Some(unsigned) = number.as_u64() {
                     return Amount::parse(&unsigned.to_string());
                 }
@@ -273,7 +279,8 @@ impl NewPayment {
     }
 }
 
-fn parse_expires_in(
+/// Parses `expires_in`: whole seconds within the configured range, or the default when absent.
+pub fn parse_expires_in(
     value: Option<&serde_json::Value>,
     limits: &PaymentsConfig,
 ) -> Result<u32, FieldError> {

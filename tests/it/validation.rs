@@ -117,7 +117,7 @@ fn cases() -> Vec<Case> {
             422,
             "validation_failed",
             Some("amount"),
-            "is zero",
+            "0 is zero: amounts are 1 or more",
         ),
         case(
             "amount negative",
@@ -245,7 +245,15 @@ fn cases() -> Vec<Case> {
             422,
             "validation_failed",
             Some("expires_in"),
-            "expires_in",
+            "must be a whole number of seconds, not a string",
+        ),
+        case(
+            "expires_in fraction",
+            r#"{"chain": "ethereum", "amount": "1", "expires_in": 100.5}"#,
+            422,
+            "validation_failed",
+            Some("expires_in"),
+            "100.5 is not a whole number of seconds: expected 60 to 604800 seconds",
         ),
         case(
             "chain not a string",
@@ -317,7 +325,6 @@ fn cases() -> Vec<Case> {
         case("amount exponent", r#"{"chain": "ethereum", "amount": 1e3}"#, 422, "validation_failed", Some("amount"), "decimal string"),
         case("amount above u64 as number", r#"{"chain": "ethereum", "amount": 18446744073709551616}"#, 422, "validation_failed", Some("amount"), "decimal string"),
         case("expires_in float", r#"{"chain": "ethereum", "amount": "1", "expires_in": 100.0}"#, 422, "validation_failed", Some("expires_in"), "not a plain integer"),
-        case("expires_in fraction", r#"{"chain": "ethereum", "amount": "1", "expires_in": 100.5}"#, 422, "validation_failed", Some("expires_in"), "100.5 is not of types"),
         case("expires_in above u32", r#"{"chain": "ethereum", "amount": "1", "expires_in": 4294967296}"#, 422, "validation_failed", Some("expires_in"), "60 to 604800"),
         case("reference with bidi override", r#"{"chain": "ethereum", "amount": "1", "reference": "a\u202eb"}"#, 422, "validation_failed", Some("reference"), "invisible"),
         case("reference with zero-width space", r#"{"chain": "ethereum", "amount": "1", "reference": "a\u200bb"}"#, 422, "validation_failed", Some("reference"), "invisible"),
