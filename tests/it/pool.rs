@@ -76,15 +76,7 @@ fn exhausted_pool_gives_503_quickly() {
 fn terminated_sessions_are_replaced() {
     let app = TestApp::start();
     assert_eq!(app.get("/api/v1/payments").status, 200);
-    let mut admin = cluster().connect("ctrip_admin", "postgres");
-    let killed: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE datname = $1 AND usename = 'ctrip_runtime'",
-            &[&app.db.name],
-        )
-        .unwrap()
-        .get(0);
+    let killed = terminate_runtime_sessions(&app);
     assert!(killed >= 1);
     std::thread::sleep(Duration::from_millis(200));
 
@@ -164,15 +156,7 @@ fn every_dead_session_replaced_within_one_create() {
     let body = r#"{"chain": "ethereum", "amount": "1"}"#;
     assert_eq!(app.post("/api/v1/payments", body).status, 201);
     assert_eq!(app.post("/api/v1/payments", body).status, 201);
-    let mut admin = cluster().connect("ctrip_admin", "postgres");
-    let killed: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE datname = $1 AND usename = 'ctrip_runtime'",
-            &[&app.db.name],
-        )
-        .unwrap()
-        .get(0);
+    let killed = terminate_runtime_sessions(&app);
     std::thread::sleep(Duration::from_millis(50));
 
     let reply = app.post("/api/v1/payments", body);
@@ -186,4 +170,18 @@ fn every_dead_session_replaced_within_one_create() {
         .unwrap()
         .get(0);
     assert_eq!(payments, 3);
+}
+
+/// Ends every runtime session of the app's database from the server side, as a restart does,
+/// and returns how many there were.
+fn terminate_runtime_sessions(app: &TestApp) -> i64 {
+    let mut admin = cluster().connect("ctrip_admin", "postgres");
+    admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND usename = 'ctrip_runtime'",
+            &[&app.db.name],
+        )
+        .unwrap()
+        .get(0)
 }
