@@ -103,7 +103,7 @@ struct EnvSecrets {
 pub struct ServerConfig {
     /// Address and port the HTTP API listens on.
     pub listen: String,
-    /// Worker threads that run request handlers; by default one per CPU core, at least two.
+    /// Worker threads that run request handlers: by default one per CPU core, at least two.
     pub workers: usize,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
@@ -235,7 +235,7 @@ pub struct PoolConfig {
     pub idle_timeout_s: u64,
     /// Run a cheap query on every check-out to catch dead connections.
     pub test_on_check_out: bool,
-    /// Skip that query for a connection returned healthy less than this long ago.
+    /// Age below which a connection that came back healthy skips that query.
     pub skip_test_within_ms: u64,
 }
 

@@ -135,6 +135,13 @@ fn payment_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| not_found(id))
 }
 
+/// Checks a request for one payment: no query parameters, and an id in the path. Handlers
+/// call it before taking a session and return its error only after authentication.
+fn path_payment_id(request: &Request, id: &str) -> Result<Uuid, ApiError> {
+    super::strict_query(request, &[])?;
+    payment_id(id)
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!(
         "no payment with id {}",
@@ -213,6 +220,7 @@ pub fn get(
     context: &RequestContext,
     id: &str,
 ) -> Result<Response, ApiError> {
+    let requested = path_payment_id(request, id);
     with_transaction(
         app,
         request,
@@ -220,9 +228,8 @@ pub fn get(
         READ,
         Also::Nothing,
         |mut transaction, statements, key| {
-            super::strict_query(request, &[])?;
             let path_id = id;
-            let id = payment_id(path_id)?;
+            let id = requested?;
             let payment = store::get(&mut transaction, statements, id).map_err(store_error)?;
             if payment.is_none() {
                 audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
@@ -298,6 +305,7 @@ pub fn erase(
     context: &RequestContext,
     id: &str,
 ) -> Result<Response, ApiError> {
+    let requested = path_payment_id(request, id);
     with_transaction(
         app,
         request,
@@ -305,9 +313,8 @@ pub fn erase(
         ERASE,
         Also::Nothing,
         |mut transaction, statements, key| {
-            super::strict_query(request, &[])?;
             let path_id = id;
-            let id = payment_id(path_id)?;
+            let id = requested?;
             let Some(erased) = retention::erase_payment(&mut transaction, statements, id)? else {
                 audit_cross_merchant(&mut transaction, statements, context, &key, id)?;
                 transaction.commit()?;

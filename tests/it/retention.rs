@@ -227,7 +227,7 @@ fn runtime_role_updates_only_personal_columns() {
 }
 
 #[test]
-fn final_at_set_on_insert_only_for_final_states() {
+fn insert_sets_final_at_for_final_states() {
     let app = TestApp::start();
     let (first, _, _) = personal_payment(&app, &app.key);
     let mut owner = app.db.owner();

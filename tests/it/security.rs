@@ -341,7 +341,7 @@ fn runtime_role_cannot_choose_audit_ids_or_hashes() {
     let db = TestDb::migrated();
     let mut runtime = db.runtime();
 
-    let mut refusals = Vec::new();
+    let mut rejections = Vec::new();
     for column in ["id", "prev_hash", "hash"] {
         let value = if column == "id" { "1" } else { "sha256('')" };
         let err = runtime
@@ -350,7 +350,7 @@ fn runtime_role_cannot_choose_audit_ids_or_hashes() {
                  VALUES ({value}, 'system', 'test.forged', 'success')"
             ))
             .unwrap_err();
-        refusals.push((column, err));
+        rejections.push((column, err));
     }
     runtime
         .batch_execute(
@@ -367,7 +367,7 @@ fn runtime_role_cannot_choose_audit_ids_or_hashes() {
         .unwrap()
         .get(0);
 
-    for (column, err) in &refusals {
+    for (column, err) in &rejections {
         assert_eq!(
             err.code(),
             Some(&SqlState::INSUFFICIENT_PRIVILEGE),
@@ -492,7 +492,7 @@ fn owner_cannot_insert_chained_rows() {
     let db = database_with_pending_row();
     let mut owner = db.owner();
 
-    let mut refusals = Vec::new();
+    let mut rejections = Vec::new();
     for (columns, values) in [
         ("id", "1"),
         ("id", "0"),
@@ -505,10 +505,10 @@ fn owner_cannot_insert_chained_rows() {
                  VALUES ({values}, 'system', 'test.forged', 'success')"
             ))
             .unwrap_err();
-        refusals.push((columns, values, err));
+        rejections.push((columns, values, err));
     }
 
-    for (column, value, err) in &refusals {
+    for (column, value, err) in &rejections {
         assert_eq!(
             err.code(),
             Some(&SqlState::INSUFFICIENT_PRIVILEGE),
